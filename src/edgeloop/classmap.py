@@ -73,7 +73,9 @@ class ClassMap:
 
     def id_of(self, name: str) -> int:
         if name not in self.names:
-            raise ValueError(f"unknown class {name!r}; valid classes: {list(self.names)}")
+            raise ValueError(
+                f"unknown class {name!r}; valid classes: {list(self.names)}"
+            )
         return self.ids[self.names.index(name)]
 
     def remap(
@@ -107,7 +109,9 @@ class ClassMap:
                     )
                 lut[int(src)] = int(dst)
             self._lut_cache[key] = lut
-        if raw.dtype.kind not in "iu" or (raw.size and (raw.min() < 0 or raw.max() > 65535)):
+        if raw.dtype.kind not in "iu" or (
+            raw.size and (raw.min() < 0 or raw.max() > 65535)
+        ):
             values = np.unique(raw)
             return raw.astype(np.uint8, copy=False), [int(v) for v in values]
         mapped = lut[raw.astype(np.int64, copy=False)]

@@ -27,7 +27,13 @@ from edgeloop.imaging import (
     image_size,
 )
 from edgeloop.lake import ImageRecord, LabelRecord
-from edgeloop.sources import RawItem, SourceConfig, SourceError, list_source, resolve_inside
+from edgeloop.sources import (
+    RawItem,
+    SourceConfig,
+    SourceError,
+    list_source,
+    resolve_inside,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,9 @@ class IngestLimits:
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> IngestLimits:
         params = params or {}
-        return cls(**{k: int(v) for k, v in params.items() if k in cls.__dataclass_fields__})
+        return cls(
+            **{k: int(v) for k, v in params.items() if k in cls.__dataclass_fields__}
+        )
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,9 @@ class Lake:
             seen = dt.version()
         else:
             if version is not None:
-                raise LakeError(f"table {table!r} has no version {version}: it is empty")
+                raise LakeError(
+                    f"table {table!r} has no version {version}: it is empty"
+                )
             names = columns or schema.names
             arrow = pa.schema([schema.field(n) for n in names]).empty_table()
             seen = -1
@@ -208,7 +210,9 @@ class Lake:
         mask = pa.array([k not in existing for k in keys])
         new = arrow.filter(mask)
         if new.num_rows == 0:
-            log.info("%s: nothing new (%d rows already stored), no commit", table, len(keys))
+            log.info(
+                "%s: nothing new (%d rows already stored), no commit", table, len(keys)
+            )
             return None
         write_deltalake(
             self.table_uri(table),
@@ -260,10 +264,14 @@ def add_images(lake: Lake, records: Iterable[ImageRecord]) -> int | None:
                 "brightness": rec.features.brightness,
                 "contrast": rec.features.contrast,
                 "n_objects": (
-                    None if rec.objects_per_class is None else sum(rec.objects_per_class)
+                    None
+                    if rec.objects_per_class is None
+                    else sum(rec.objects_per_class)
                 ),
                 "objects_per_class": (
-                    None if rec.objects_per_class is None else list(rec.objects_per_class)
+                    None
+                    if rec.objects_per_class is None
+                    else list(rec.objects_per_class)
                 ),
                 "largest_object_frac": rec.largest_object_frac,
                 "ingested_at": now,
@@ -298,7 +306,9 @@ class LabelRecord:
 class LabelRegistry:
     """The append-only label registry; every label enters through `append`."""
 
-    def __init__(self, lake: Lake, class_map: ClassMap, object_classes: Iterable[str] = ()):
+    def __init__(
+        self, lake: Lake, class_map: ClassMap, object_classes: Iterable[str] = ()
+    ):
         self.lake = lake
         self.class_map = class_map
         names = tuple(object_classes) or tuple(
@@ -319,7 +329,11 @@ class LabelRegistry:
         valid_values[cm.ignore_index] = True
         images = self.lake.read("images", columns=["image_id", "width", "height"])
         sizes = dict(
-            zip(images["image_id"], zip(images["width"], images["height"], strict=True), strict=True)
+            zip(
+                images["image_id"],
+                zip(images["width"], images["height"], strict=True),
+                strict=True,
+            )
         )
         for rec in records:
             if rec.origin not in ORIGINS:
@@ -352,7 +366,14 @@ class LabelRegistry:
             feats = mask_features(rec.mask, cm.ids, self.object_ids, cm.ignore_index)
             tags = sorted(set(rec.condition_tags))
             identity = "|".join(
-                [rec.image_id, uri, rec.origin, str(rec.iteration), rec.annotator, *tags]
+                [
+                    rec.image_id,
+                    uri,
+                    rec.origin,
+                    str(rec.iteration),
+                    rec.annotator,
+                    *tags,
+                ]
             )
             rows.append(
                 {

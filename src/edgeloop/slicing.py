@@ -19,7 +19,11 @@ from edgeloop.classmap import ClassMap
 
 SPLITS = ("train", "val", "test")
 SLICE_PREFIXES = ("all", "class", "size", "cond", "iter", "edge", "feedback")
-SAMPLING_SCHEMES = {"uniform": 0.0, "sqrt_inverse_frequency": 0.5, "inverse_frequency": 1.0}
+SAMPLING_SCHEMES = {
+    "uniform": 0.0,
+    "sqrt_inverse_frequency": 0.5,
+    "inverse_frequency": 1.0,
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,11 @@ class SlicingConfig:
         ("large", 0.05, 1.0),
     )
     min_class_pixels: int = 1
-    split_ratios: tuple[tuple[str, float], ...] = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+    split_ratios: tuple[tuple[str, float], ...] = (
+        ("train", 0.7),
+        ("val", 0.15),
+        ("test", 0.15),
+    )
     split_salt: str = "edgeloop"
     sampling_scheme: str = "inverse_frequency"
     sampling_by: tuple[str, ...] = ("class", "cond")
@@ -47,10 +55,13 @@ class SlicingConfig:
             raise ValueError(
                 f"slicing.families has unknown {unknown}; valid: {list(SLICE_PREFIXES)}"
             )
-        buckets = tuple(
-            (str(name), float(lo), float(hi))
-            for name, (lo, hi) in (params.get("size_buckets") or {}).items()
-        ) or cls.size_buckets
+        buckets = (
+            tuple(
+                (str(name), float(lo), float(hi))
+                for name, (lo, hi) in (params.get("size_buckets") or {}).items()
+            )
+            or cls.size_buckets
+        )
         for name, lo, hi in buckets:
             if not 0.0 <= lo < hi <= 1.0:
                 raise ValueError(
@@ -58,10 +69,14 @@ class SlicingConfig:
                     f"got [{lo}, {hi}]"
                 )
         splits = params.get("splits") or {}
-        ratios = tuple((str(k), float(v)) for k, v in (splits.get("ratios") or {}).items())
+        ratios = tuple(
+            (str(k), float(v)) for k, v in (splits.get("ratios") or {}).items()
+        )
         ratios = ratios or cls.split_ratios
         if any(k not in SPLITS for k, _ in ratios) or any(v < 0 for _, v in ratios):
-            raise ValueError(f"slicing.splits.ratios must map {SPLITS} to >= 0, got {ratios}")
+            raise ValueError(
+                f"slicing.splits.ratios must map {SPLITS} to >= 0, got {ratios}"
+            )
         total = sum(v for _, v in ratios)
         if not np.isclose(total, 1.0):
             raise ValueError(f"slicing.splits.ratios must sum to 1, got {total:.4f}")
@@ -69,7 +84,8 @@ class SlicingConfig:
         scheme = str(sampling.get("scheme", cls.sampling_scheme))
         if scheme not in SAMPLING_SCHEMES:
             raise ValueError(
-                f"slicing.sampling.scheme {scheme!r} is not one of {list(SAMPLING_SCHEMES)}"
+                f"slicing.sampling.scheme {scheme!r} is not one of "
+                f"{list(SAMPLING_SCHEMES)}"
             )
         return cls(
             families=families,
@@ -128,7 +144,9 @@ PREDICATES: dict[str, SliceFn] = {
 }
 
 
-def build_slices(labels: pd.DataFrame, cm: ClassMap, cfg: SlicingConfig) -> pd.DataFrame:
+def build_slices(
+    labels: pd.DataFrame, cm: ClassMap, cfg: SlicingConfig
+) -> pd.DataFrame:
     """The long slice table (image_id, slice) for effective labels.
 
     Args:
@@ -176,7 +194,11 @@ def assign_splits(
         split = official.get(image_id)
         split = split if isinstance(split, str) and split else None
         if origin == "pseudo":
-            split, how = ("train", "pseudo") if split in (None, "train") else ("excluded", "pseudo")
+            split, how = (
+                ("train", "pseudo")
+                if split in (None, "train")
+                else ("excluded", "pseudo")
+            )
         elif split is not None:
             how = "official"
         else:
@@ -189,7 +211,9 @@ def assign_splits(
 # -- balance and weights ------------------------------------------------------
 
 
-def class_balance(labels: pd.DataFrame, splits: pd.DataFrame, cm: ClassMap) -> pd.DataFrame:
+def class_balance(
+    labels: pd.DataFrame, splits: pd.DataFrame, cm: ClassMap
+) -> pd.DataFrame:
     """Pixel and image frequency per class and split (plus `all`)."""
     merged = labels[["image_id", "class_pixels"]].merge(splits[["image_id", "split"]])
     rows = []
@@ -209,7 +233,9 @@ def class_balance(labels: pd.DataFrame, splits: pd.DataFrame, cm: ClassMap) -> p
                     "pixels": int(pixels[:, j].sum()),
                     "pixel_freq": float(pixels[:, j].sum()) / total,
                     "images": int((pixels[:, j] > 0).sum()),
-                    "image_freq": float((pixels[:, j] > 0).mean()) if len(group) else 0.0,
+                    "image_freq": float((pixels[:, j] > 0).mean())
+                    if len(group)
+                    else 0.0,
                     "n_images": len(group),
                 }
             )
@@ -237,7 +263,9 @@ def sampling_weights(
         best = sl.sort_values(["image_id", "w", "slice"]).groupby("image_id").tail(1)
         best = best.set_index("image_id")
         out["weight"] = out["image_id"].map(best["w"]).fillna(1.0).to_numpy()
-        out["rarest_slice"] = out["image_id"].map(best["slice"]).fillna("all").to_numpy()
+        out["rarest_slice"] = (
+            out["image_id"].map(best["slice"]).fillna("all").to_numpy()
+        )
         out["weight"] = out["weight"] / out["weight"].mean()
         out["weight"] = out["weight"].clip(upper=cfg.max_weight)
         out["weight"] = out["weight"] / out["weight"].mean()

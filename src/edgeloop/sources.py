@@ -76,7 +76,9 @@ class SourceConfig:
             kind=kind,
             root=str(params["root"]),
             name=str(params.get("name") or kind),
-            value_map={int(k): int(v) for k, v in (params.get("value_map") or {}).items()},
+            value_map={
+                int(k): int(v) for k, v in (params.get("value_map") or {}).items()
+            },
             strip_prefix=str(params.get("strip_prefix") or ""),
             list_files=dict(params.get("list_files") or {}),
             subsets=tuple(params.get("subsets") or ()),
@@ -169,7 +171,9 @@ def list_voc(root: Path) -> list[RawItem]:
     return list(items.values())
 
 
-def list_camvid(root: Path, list_files: Mapping[str, str], strip_prefix: str) -> list[RawItem]:
+def list_camvid(
+    root: Path, list_files: Mapping[str, str], strip_prefix: str
+) -> list[RawItem]:
     """Lists SegNet/CamVid list files (``<image> <mask>`` per line)."""
     files = list_files or {"train": "train.txt", "val": "val.txt", "test": "test.txt"}
     items = []
@@ -182,7 +186,9 @@ def list_camvid(root: Path, list_files: Mapping[str, str], strip_prefix: str) ->
                 continue
             parts = line.split()
             if len(parts) != 2:
-                raise SourceError(f"{list_path}:{n}: expected '<image> <mask>', got {line!r}")
+                raise SourceError(
+                    f"{list_path}:{n}: expected '<image> <mask>', got {line!r}"
+                )
             image, mask = (p.removeprefix(strip_prefix) for p in parts)
             items.append(
                 RawItem(

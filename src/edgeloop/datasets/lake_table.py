@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
-from edgeloop.lake import Lake, LabelBatch, LabelRegistry, add_images
+from edgeloop.lake import LabelBatch, LabelRegistry, Lake, add_images
 
 
 class LakeTableDataset(AbstractDataset[Any, pd.DataFrame]):
@@ -52,8 +52,12 @@ class LakeTableDataset(AbstractDataset[Any, pd.DataFrame]):
             add_images(lake, data)
         elif self._table == "labels":
             if not isinstance(data, LabelBatch):
-                raise DatasetError("labels are saved as a LabelBatch, through the registry")
-            LabelRegistry(lake, data.class_map, data.object_classes).append(data.records)
+                raise DatasetError(
+                    "labels are saved as a LabelBatch, through the registry"
+                )
+            LabelRegistry(lake, data.class_map, data.object_classes).append(
+                data.records
+            )
         else:
             lake.append(self._table, data)
 

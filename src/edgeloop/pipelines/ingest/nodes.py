@@ -56,8 +56,10 @@ def generate_synthetic_scenes(
         which only the simulated annotator and benchmarks may read.
     """
     if ingest_params["source"]["kind"] != "synthetic":
-        log.info("ingest source is %s: no synthetic scenes generated",
-                 ingest_params["source"]["kind"])
+        log.info(
+            "ingest source is %s: no synthetic scenes generated",
+            ingest_params["source"]["kind"],
+        )
         return {}, {}
     cfg = SyntheticConfig.from_params(synthetic_params)
     scenes: dict[str, list[FolderItem]] = {}
@@ -81,10 +83,14 @@ def generate_synthetic_scenes(
         for s in stream
     ]
     truth["stream"] = [
-        FolderItem(stem=s.name, mask=s.mask, meta={"tags": list(s.tags)}) for s in stream
+        FolderItem(stem=s.name, mask=s.mask, meta={"tags": list(s.tags)})
+        for s in stream
     ]
-    log.info("generated %s synthetic scenes at %dpx",
-             {k: len(v) for k, v in scenes.items()}, cfg.size)
+    log.info(
+        "generated %s synthetic scenes at %dpx",
+        {k: len(v) for k, v in scenes.items()},
+        cfg.size,
+    )
     return scenes, truth
 
 
@@ -129,9 +135,14 @@ def ingest_images(
         "labelled": len(batch.labels),
         "quarantined": len(batch.quarantine),
         "quarantine_reasons": batch.quarantine["reason"]
-        .str.split(":").str[0].value_counts().to_dict(),
+        .str.split(":")
+        .str[0]
+        .value_counts()
+        .to_dict(),
         "splits": pd.Series([r.split for r in batch.images], dtype="object")
-        .fillna("none").value_counts().to_dict(),
+        .fillna("none")
+        .value_counts()
+        .to_dict(),
     }
     labels = LabelBatch(batch.labels, class_map, object_classes)
     return batch.images, labels, batch.quarantine, report

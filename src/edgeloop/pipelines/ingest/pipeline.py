@@ -16,8 +16,18 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 ingest_images,
-                inputs=["synthetic_scenes", "params:ingest", "params:classes", "params:iteration"],
-                outputs=["lake_images", "lake_labels", "ingest_quarantine", "ingest_report"],
+                inputs=[
+                    "synthetic_scenes",
+                    "params:ingest",
+                    "params:classes",
+                    "params:iteration",
+                ],
+                outputs=[
+                    "lake_images",
+                    "lake_labels",
+                    "ingest_quarantine",
+                    "ingest_report",
+                ],
                 name="ingest_images",
             ),
         ]

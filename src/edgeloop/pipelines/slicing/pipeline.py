@@ -47,7 +47,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 summarise_slicing,
-                inputs=["lake_images", "lake_labels", "slices", "splits", "params:iteration"],
+                inputs=[
+                    "lake_images",
+                    "lake_labels",
+                    "slices",
+                    "splits",
+                    "params:iteration",
+                ],
                 outputs="slicing_summary",
                 name="summarise_slicing",
             ),
