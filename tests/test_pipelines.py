@@ -1,0 +1,142 @@
+"""Whole-project tests: pipeline registry, truth isolation, real Kedro runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import CAMVID, REPO
+from kedro.config import OmegaConfigLoader
+from kedro.framework.project import pipelines
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+TRUTH_DIR = "data/01_raw/truth"
+
+
+def _catalog_config(env: str) -> dict:
+    loader = OmegaConfigLoader(
+        conf_source=str(REPO / "conf"), base_env="base", default_run_env=env
+    )
+    return loader["catalog"]
+
+
+def test_registry_has_curated_default():
+    bootstrap_project(REPO)
+    assert {"ingest", "slicing", "__default__"} <= set(pipelines)
+    default = {n.name for n in pipelines["__default__"].nodes}
+    assert {"ingest_images", "build_slice_table", "split_images"} <= default
+
+
+@pytest.mark.parametrize("env", ["local", "ci", "camvid"])
+def test_no_pipeline_reads_the_truth(env):
+    bootstrap_project(REPO)
+    catalog = _catalog_config(env)
+    truth = {
+        name
+        for name, cfg in catalog.items()
+        if isinstance(cfg, dict)
+        and TRUTH_DIR in str(cfg.get("path", cfg.get("filepath", "")))
+    }
+    if env != "camvid":
+        assert truth == {"synthetic_truth"}  # the check looks at something real
+    for name, pipe in pipelines.items():
+        inputs = pipe.inputs() | {i for n in pipe.nodes for i in n.inputs}
+        leaked = {i for i in inputs if i in truth or "truth" in i}
+        assert not leaked, f"pipeline {name!r} reads truth datasets {leaked}"
+
+
+def _run(env: str, names: list[str], **params):
+    bootstrap_project(Path.cwd())
+    with KedroSession.create(env=env, runtime_params=params or None) as session:
+        session.run(pipeline_names=names)
+
+
+@pytest.mark.slow
+def test_kedro_run_ci_ingest_and_slicing(project):
+    _run("ci", ["ingest", "slicing"])
+    report = json.loads(Path("data/08_reporting/iter_0/ingest_report.json").read_text())
+    assert report["good"] == 64 and report["quarantined"] == 0
+    summary = json.loads(
+        Path("data/08_reporting/iter_0/slicing_summary.json").read_text()
+    )
+    assert summary["lake_versions"] == {"images": 0, "labels": 0}
+    assert summary["splits"]["test"] == 24  # the eval set keeps its official split
+    assert summary["slices"]["all"] == 64
+    assert (
+        set(os.listdir("data/01_raw/truth/stream/masks"))
+        and not Path("data/01_raw/synthetic/stream/masks").exists()
+    )
+    (slices_dir,) = Path("data/05_model_input/iter_0/slices.parquet").iterdir()
+    slices = pd.read_parquet(slices_dir / "slices.parquet")
+    assert (
+        slices["slice"]
+        .str.startswith(("all", "class:", "size:", "cond:", "iter:"))
+        .all()
+    )
+    assert Path("data/08_reporting/iter_0/class_balance.png").stat().st_size > 10_000
+
+    # A re-run adds nothing: the lake keeps its versions.
+    _run("ci", ["ingest", "slicing"])
+    summary = json.loads(
+        Path("data/08_reporting/iter_0/slicing_summary.json").read_text()
+    )
+    assert summary["lake_versions"] == {"images": 0, "labels": 0}
+
+
+def _kedro(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    kedro = Path(sys.executable).with_name("kedro")
+    return subprocess.run(
+        [str(kedro), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_cli_run_with_iteration_param(project):
+    result = _kedro(
+        "run", "--env", "ci", "--pipelines", "ingest,slicing", "--params", "iteration=1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(
+        Path("data/08_reporting/iter_1/slicing_summary.json").read_text()
+    )
+    assert summary["iteration"] == 1
+    assert summary["slices"]["iter:1"] == 64
+    assert not Path("data/08_reporting/iter_0").exists()
+
+
+@pytest.mark.slow
+def test_kedro_viz_build_lists_the_pipelines(project):
+    result = _kedro("viz", "build")
+    assert result.returncode == 0, result.stderr[-3000:]
+    main = json.loads(Path("build/api/main").read_text())
+    ids = {p["id"] for p in main["pipelines"]}
+    assert {"__default__", "ingest", "slicing"} <= ids
+    nodes = {n["name"] for n in main["nodes"]}
+    assert {"ingest_images", "split_images"} <= nodes
+
+
+def test_edgeloop_cli_help():
+    edgeloop = Path(sys.executable).with_name("edgeloop")
+    result = subprocess.run([str(edgeloop), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "lake" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="CamVid not present")
+def test_kedro_run_camvid_keeps_the_official_split(project):
+    _run("camvid", ["ingest", "slicing"], camvid_root=str(CAMVID))
+    report = json.loads(Path("data/08_reporting/iter_0/ingest_report.json").read_text())
+    assert (report["good"], report["quarantined"]) == (701, 0)
+    summary = json.loads(
+        Path("data/08_reporting/iter_0/slicing_summary.json").read_text()
+    )
+    assert summary["splits"] == {"test": 233, "train": 367, "val": 101}
+    assert summary["split_sources"] == {"official": 701}
+    assert summary["slices"]["class:car"] > 300
+    assert Path("data/lake_camvid/tables/images").is_dir()
