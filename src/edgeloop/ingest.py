@@ -7,9 +7,12 @@ a bad item is quarantined with a reason and ingest carries on.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from edgeloop.classmap import ClassMap
-from edgeloop.features import image_features, mask_features
+from edgeloop.features import MaskFeatures, image_features, mask_features
 from edgeloop.imaging import (
     ImageDecodeError,
     decode_image,
@@ -67,6 +70,8 @@ class ReadItem:
     image: ImageRecord
     mask: np.ndarray | None
     tags: tuple[str, ...]
+    mask_png: bytes | None = None
+    mask_features: MaskFeatures | None = None
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,7 @@ def read_item(
     except ImageDecodeError as err:
         raise ItemError(str(err)) from err
     mask = None
-    objects = None
-    largest = None
+    feats = None
     if item.mask_path is not None:
         mask_data = _read_file(root, item.mask_path, "mask", limits)
         try:
@@ -141,8 +145,6 @@ def read_item(
                 f"value_map {dict(value_map)})"
             )
         feats = mask_features(mask, class_map.ids, object_ids, class_map.ignore_index)
-        objects = feats.objects_per_class
-        largest = feats.largest_object_frac
     record = ImageRecord(
         png=encode_png(pixels),
         width=width,
@@ -152,10 +154,23 @@ def read_item(
         features=image_features(pixels),
         split=item.split,
         captured_at=item.captured_at,
-        objects_per_class=objects,
-        largest_object_frac=largest,
+        objects_per_class=feats.objects_per_class if feats else None,
+        largest_object_frac=feats.largest_object_frac if feats else None,
     )
-    return ReadItem(image=record, mask=mask, tags=item.tags)
+    return ReadItem(
+        image=record,
+        mask=mask,
+        tags=item.tags,
+        mask_png=None if mask is None else encode_png(mask),
+        mask_features=feats,
+    )
+
+
+def _read_or_reason(root: Path, item: RawItem, **kwargs: Any) -> ReadItem | str:
+    try:
+        return read_item(root, item, **kwargs)
+    except ItemError as err:
+        return str(err)
 
 
 def ingest_source(
@@ -178,25 +193,29 @@ def ingest_source(
     root = Path(config.root)
     object_ids = tuple(class_map.id_of(n) for n in object_classes)
 
-    def work(item: RawItem) -> ReadItem | str:
-        try:
-            return read_item(
-                root,
-                item,
-                source=config.name,
-                class_map=class_map,
-                value_map=config.value_map,
-                object_ids=object_ids,
-                limits=limits,
-            )
-        except ItemError as err:
-            return str(err)
-
-    # Decoding and PNG encoding release the GIL, so threads scale on 2 cores.
-    with ThreadPoolExecutor(max_workers=max(1, limits.workers)) as pool:
+    work = partial(
+        _read_or_reason,
+        root,
+        source=config.name,
+        class_map=class_map,
+        value_map=config.value_map,
+        object_ids=object_ids,
+        limits=limits,
+    )
+    # Decoding, feature extraction and PNG encoding are CPU-bound and partly
+    # hold the GIL: worker processes scale on 2 cores where threads do not.
+    # Starting workers costs about a second: not worth it for a handful of items.
+    n_workers = max(1, limits.workers) if len(items) >= 64 else 1
+    with ExitStack() as stack:
+        if n_workers > 1:
+            ctx = multiprocessing.get_context("forkserver")
+            pool = stack.enter_context(ProcessPoolExecutor(n_workers, mp_context=ctx))
+            results_iter = pool.map(work, items, chunksize=8)
+        else:
+            results_iter = map(work, items)
         results = list(
             tqdm(
-                pool.map(work, items),
+                results_iter,
                 total=len(items),
                 desc=f"ingest {config.name}",
                 unit="img",
@@ -235,6 +254,8 @@ def ingest_source(
                     iteration=iteration,
                     annotator=f"source:{config.name}",
                     condition_tags=result.tags,
+                    mask_png=result.mask_png,
+                    features=result.mask_features,
                 )
             )
     if not images:

@@ -28,7 +28,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from edgeloop.classmap import ClassMap
-from edgeloop.features import ImageFeatures, mask_features
+from edgeloop.features import ImageFeatures, MaskFeatures, mask_features
 from edgeloop.imaging import decode_mask, encode_png, sha256
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,9 @@ class LabelRecord:
         iteration: The loop iteration the label belongs to.
         annotator: Who (or what) produced it.
         condition_tags: Conditions the person or the source gave.
+        mask_png: `mask` already encoded by `encode_png`, and
+        features: `mask_features` of `mask`, both optional: a caller that made
+            them in worker processes passes them on; otherwise they are made here.
     """
 
     image_id: str
@@ -301,6 +304,8 @@ class LabelRecord:
     iteration: int
     annotator: str
     condition_tags: tuple[str, ...] = ()
+    mask_png: bytes | None = field(default=None, repr=False)
+    features: MaskFeatures | None = field(default=None, repr=False)
 
 
 class LabelRegistry:
@@ -361,9 +366,11 @@ class LabelRegistry:
         now = _utcnow()
         rows = []
         for rec in records:
-            png = encode_png(rec.mask)
+            png = rec.mask_png or encode_png(rec.mask)
             uri = self.lake.put_blob(png, kind="masks")
-            feats = mask_features(rec.mask, cm.ids, self.object_ids, cm.ignore_index)
+            feats = rec.features or mask_features(
+                rec.mask, cm.ids, self.object_ids, cm.ignore_index
+            )
             tags = sorted(set(rec.condition_tags))
             identity = "|".join(
                 [
