@@ -58,6 +58,8 @@ def report_class_balance(
         table = table.reindex(index=balance["class"].drop_duplicates())
         table.plot.bar(ax=ax, rot=30)
         ax.set_title(f"Class balance: {title}")
+        if col == "pixel_freq":
+            ax.set_yscale("log")  # background dwarfs the objects otherwise
         ax.set_ylabel(col)
         ax.set_xlabel("")
     return balance, fig
