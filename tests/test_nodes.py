@@ -1,0 +1,134 @@
+"""Unit tests of the Kedro nodes, and the slicing pipeline on an in-memory catalog."""
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+from helpers import make_folder_source
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from kedro_datasets.pandas import ParquetDataset
+
+from edgeloop.pipelines.ingest.nodes import generate_synthetic_scenes, ingest_images
+from edgeloop.pipelines.slicing.nodes import resolve_labels, summarise_slicing
+from edgeloop.pipelines.slicing.pipeline import create_pipeline as slicing_pipeline
+
+CLASSES = {
+    "names": ["background", "fighter_jet", "airliner", "light_aircraft"],
+    "palette": [[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3]],
+    "ignore_index": 255,
+}
+SYNTHETIC = {"seed": 1, "size": 32, "counts": {"collected": 4, "eval": 3, "stream": 5}}
+
+
+def test_generate_keeps_stream_truth_apart():
+    scenes, truth = generate_synthetic_scenes(
+        SYNTHETIC, {"source": {"kind": "synthetic"}}
+    )
+    assert {k: len(v) for k, v in scenes.items()} == {
+        "collected": 4,
+        "eval": 3,
+        "stream": 5,
+    }
+    assert all(
+        item.mask is None and "tags" not in item.meta for item in scenes["stream"]
+    )
+    assert all(item.meta["captured_at"] is not None for item in scenes["stream"])
+    assert [item.stem for item in truth["stream"]] == [i.stem for i in scenes["stream"]]
+    assert all(item.image is None and item.mask is not None for item in truth["stream"])
+    assert {item.meta["split"] for item in scenes["eval"]} == {"test"}
+
+
+def test_generate_skips_for_other_sources():
+    assert generate_synthetic_scenes(SYNTHETIC, {"source": {"kind": "camvid"}}) == (
+        {},
+        {},
+    )
+
+
+def test_ingest_images_node_reads_a_folder_source(tmp_path):
+    root = make_folder_source(tmp_path / "src", n=3, tags=["dusk"])
+    params = {"source": {"kind": "folders", "root": str(root), "name": "mine"}}
+    images, labels, quarantine, report = ingest_images({}, params, CLASSES, 2)
+    assert len(images) == 3 and quarantine.empty
+    assert {r.iteration for r in labels.records} == {2}
+    assert {r.annotator for r in labels.records} == {"source:mine"}
+    assert report["good"] == 3 and report["kind"] == "folders"
+    with pytest.raises(ValueError, match="not one of"):
+        ingest_images({}, {"source": {"kind": "s3", "root": "x"}}, CLASSES, 0)
+
+
+def _lake_labels():
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [("a", "seed", 0), ("a", "human", 1), ("b", "human", 1), ("c", "human", 3)]
+    return pd.DataFrame(
+        [
+            {
+                "label_id": f"l{i}",
+                "image_id": img,
+                "origin": o,
+                "iteration": it,
+                "created_at": t,
+                "class_pixels": [10, 2, 0, 0],
+                "object_fracs": [0.2],
+                "condition_tags": ["day"],
+            }
+            for i, (img, o, it) in enumerate(rows)
+        ]
+    )
+
+
+def test_resolve_labels_records_first_iteration():
+    resolved = resolve_labels(_lake_labels(), 1).set_index("image_id")
+    assert resolved.loc["a", ["label_id", "first_iteration"]].tolist() == ["l1", 0]
+    assert resolved.loc["b", "first_iteration"] == 1
+    assert "c" not in resolved.index
+
+
+def test_summary_records_delta_versions():
+    images = pd.DataFrame({"image_id": ["a"]})
+    images.attrs["delta_version"] = 4
+    labels = _lake_labels()
+    labels.attrs["delta_version"] = 7
+    slices = pd.DataFrame({"image_id": ["a"], "slice": ["all"]})
+    splits = pd.DataFrame(
+        {"image_id": ["a"], "split": ["train"], "split_source": ["hash"]}
+    )
+    summary = summarise_slicing(images, labels, slices, splits, 3)
+    assert summary["lake_versions"] == {"images": 4, "labels": 7}
+    assert summary["slices"] == {"all": 1}
+
+
+def test_slicing_pipeline_on_an_in_memory_catalog(tmp_path):
+    images = pd.DataFrame({"image_id": ["a", "b", "c"], "split": ["test", None, None]})
+    catalog = DataCatalog(
+        {
+            "lake_images": MemoryDataset(images),
+            "lake_labels": MemoryDataset(_lake_labels()),
+            "params:iteration": MemoryDataset(1),
+            "params:classes": MemoryDataset(CLASSES),
+            "params:slicing": MemoryDataset({}),
+        }
+    )
+    # The runner frees memory datasets once consumed: keep the ones we check.
+    kept = ("slices", "splits", "sampling_weights")
+    for name in kept:
+        catalog[name] = ParquetDataset(filepath=str(tmp_path / f"{name}.parquet"))
+    result = SequentialRunner().run(slicing_pipeline(), catalog)
+    splits = catalog.load("splits").set_index("image_id")
+    assert splits.loc["a", "split"] == "test"
+    assert set(splits.index) == {"a", "b"}
+    slices = catalog.load("slices")
+    assert set(slices.loc[slices["image_id"] == "a", "slice"]) == {
+        "all",
+        "class:background",
+        "class:fighter_jet",
+        "cond:day",
+        "iter:0",
+        "size:large",
+    }
+    weights = catalog.load("sampling_weights")
+    train = sorted(splits.index[splits["split"] == "train"])
+    assert sorted(weights["image_id"]) == train
+    summary = result["slicing_summary"].load()
+    assert summary["splits"] == splits["split"].value_counts().sort_index().to_dict()
