@@ -70,8 +70,26 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("object_fracs", pa.list_(pa.float64())),
         ]
     ),
+    # The model registry: every trained model, promoted or not, and why.
+    "models": pa.schema(
+        [
+            ("model_version", pa.string()),
+            ("iteration", pa.int32()),
+            ("architecture", pa.string()),
+            ("parent_version", pa.string()),
+            ("weights_uri", pa.string()),
+            ("card_uri", pa.string()),
+            ("metric", pa.string()),
+            ("score", pa.float64()),
+            ("slice_scores_json", pa.string()),
+            ("metadata_json", pa.string()),
+            ("promoted", pa.bool_()),
+            ("reason", pa.string()),
+            ("created_at", _TS),
+        ]
+    ),
 }
-KEYS = {"images": "image_id", "labels": "label_id"}
+KEYS = {"images": "image_id", "labels": "label_id", "models": "model_version"}
 ORIGINS = ("seed", "human", "pseudo")
 
 
@@ -165,16 +183,19 @@ class Lake:
     ) -> pd.DataFrame:
         """Reads a table (at a Delta version) and records the version read.
 
-        A table that does not exist yet reads as empty, at version -1.
+        A table that does not exist yet reads as empty, at version -1; reading
+        version -1 gives any table as it was before its first commit.
         """
         uri = self.table_uri(table)
         schema = SCHEMAS[table]
-        if DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+        exists = DeltaTable.is_deltatable(uri, storage_options=self.storage_options)
+        if exists and version != -1:
             dt = DeltaTable(uri, version=version, storage_options=self.storage_options)
             arrow = dt.to_pyarrow_table(columns=columns)
             seen = dt.version()
         else:
-            if version is not None:
+            # Version -1 is any table before its first commit: empty.
+            if version not in (None, -1):
                 raise LakeError(
                     f"table {table!r} has no version {version}: it is empty"
                 )

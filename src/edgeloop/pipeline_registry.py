@@ -7,9 +7,15 @@ from kedro.pipeline import Pipeline
 def register_pipelines() -> dict[str, Pipeline]:
     """Registers every pipeline folder, and curates the composites.
 
-    `__default__` is one first iteration on the built-in synthetic data; it is
-    listed explicitly so a new pipeline folder never joins it by accident.
+    - `train_iteration`: slicing, training and evaluation of iteration k;
+    - `__default__`: one whole first iteration on the built-in synthetic data.
+
+    Both are listed explicitly so a new pipeline folder never joins them by
+    accident.
     """
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = pipelines["ingest"] + pipelines["slicing"]
+    pipelines["train_iteration"] = (
+        pipelines["slicing"] + pipelines["training"] + pipelines["evaluation"]
+    )
+    pipelines["__default__"] = pipelines["ingest"] + pipelines["train_iteration"]
     return pipelines

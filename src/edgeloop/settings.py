@@ -7,3 +7,7 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
 }
+
+from edgeloop.hooks import ProvenanceHook  # noqa: E402
+
+HOOKS = (ProvenanceHook(),)

@@ -42,6 +42,13 @@ class SlicingConfig:
         ("val", 0.15),
         ("test", 0.15),
     )
+    # Images added after iteration 0 (the `iter:` and `edge:` slices) use their
+    # own ratios, so those slices reach enough test images quickly.
+    new_data_ratios: tuple[tuple[str, float], ...] = (
+        ("train", 0.5),
+        ("val", 0.1),
+        ("test", 0.4),
+    )
     split_salt: str = "edgeloop"
     sampling_scheme: str = "inverse_frequency"
     sampling_by: tuple[str, ...] = ("class", "cond")
@@ -69,17 +76,8 @@ class SlicingConfig:
                     f"got [{lo}, {hi}]"
                 )
         splits = params.get("splits") or {}
-        ratios = tuple(
-            (str(k), float(v)) for k, v in (splits.get("ratios") or {}).items()
-        )
-        ratios = ratios or cls.split_ratios
-        if any(k not in SPLITS for k, _ in ratios) or any(v < 0 for _, v in ratios):
-            raise ValueError(
-                f"slicing.splits.ratios must map {SPLITS} to >= 0, got {ratios}"
-            )
-        total = sum(v for _, v in ratios)
-        if not np.isclose(total, 1.0):
-            raise ValueError(f"slicing.splits.ratios must sum to 1, got {total:.4f}")
+        ratios = _ratios(splits, "ratios", cls.split_ratios)
+        new_ratios = _ratios(splits, "new_data_ratios", cls.new_data_ratios)
         sampling = params.get("sampling") or {}
         scheme = str(sampling.get("scheme", cls.sampling_scheme))
         if scheme not in SAMPLING_SCHEMES:
@@ -92,11 +90,27 @@ class SlicingConfig:
             size_buckets=buckets,
             min_class_pixels=int(params.get("min_class_pixels", cls.min_class_pixels)),
             split_ratios=ratios,
+            new_data_ratios=new_ratios,
             split_salt=str(splits.get("salt", cls.split_salt)),
             sampling_scheme=scheme,
             sampling_by=tuple(sampling.get("by", cls.sampling_by)),
             max_weight=float(sampling.get("max_weight", cls.max_weight)),
         )
+
+
+def _ratios(
+    splits: Mapping[str, Any], key: str, default: tuple[tuple[str, float], ...]
+) -> tuple[tuple[str, float], ...]:
+    ratios = tuple((str(k), float(v)) for k, v in (splits.get(key) or {}).items())
+    ratios = ratios or default
+    if any(k not in SPLITS for k, _ in ratios) or any(v < 0 for _, v in ratios):
+        raise ValueError(
+            f"slicing.splits.{key} must map {SPLITS} to >= 0, got {ratios}"
+        )
+    total = sum(v for _, v in ratios)
+    if not np.isclose(total, 1.0):
+        raise ValueError(f"slicing.splits.{key} must sum to 1, got {total:.4f}")
+    return ratios
 
 
 # -- slice predicates ---------------------------------------------------------
@@ -170,14 +184,16 @@ def hash_unit(image_id: str, salt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def hash_split(image_id: str, cfg: SlicingConfig) -> str:
+def hash_split(image_id: str, cfg: SlicingConfig, *, new_data: bool = False) -> str:
+    """The split of an image without an official one, fixed by its id."""
+    ratios = cfg.new_data_ratios if new_data else cfg.split_ratios
     u = hash_unit(image_id, cfg.split_salt)
     edge = 0.0
-    for name, ratio in cfg.split_ratios:
+    for name, ratio in ratios:
         edge += ratio
         if u < edge:
             return name
-    return cfg.split_ratios[-1][0]
+    return ratios[-1][0]
 
 
 def assign_splits(
@@ -186,11 +202,20 @@ def assign_splits(
     """Split per labelled image: official if the source has one, else by hash.
 
     Pseudo-labelled images are train-only; one whose official split is val or
-    test is left out (`excluded`), never trained on.
+    test is left out (`excluded`), never trained on. Images first labelled after
+    iteration 0 use `new_data_ratios` (an image's first iteration never changes,
+    so neither does its split).
     """
     official = images.set_index("image_id")["split"]
+    first = (
+        labels["first_iteration"]
+        if "first_iteration" in labels
+        else pd.Series(0, index=labels.index)
+    )
     rows = []
-    for image_id, origin in zip(labels["image_id"], labels["origin"], strict=True):
+    for image_id, origin, first_it in zip(
+        labels["image_id"], labels["origin"], first, strict=True
+    ):
         split = official.get(image_id)
         split = split if isinstance(split, str) and split else None
         if origin == "pseudo":
@@ -202,7 +227,7 @@ def assign_splits(
         elif split is not None:
             how = "official"
         else:
-            split, how = hash_split(image_id, cfg), "hash"
+            split, how = hash_split(image_id, cfg, new_data=first_it > 0), "hash"
         rows.append((image_id, split, how, origin))
     out = pd.DataFrame(rows, columns=["image_id", "split", "split_source", "origin"])
     return out.sort_values("image_id", kind="stable").reset_index(drop=True)

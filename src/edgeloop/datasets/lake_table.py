@@ -8,6 +8,7 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 
 from edgeloop.lake import LabelBatch, LabelRegistry, Lake, add_images
+from edgeloop.registry import register_model
 
 
 class LakeTableDataset(AbstractDataset[Any, pd.DataFrame]):
@@ -50,6 +51,8 @@ class LakeTableDataset(AbstractDataset[Any, pd.DataFrame]):
         lake = self._lake()
         if self._table == "images":
             add_images(lake, data)
+        elif self._table == "models":
+            register_model(lake, data)
         elif self._table == "labels":
             if not isinstance(data, LabelBatch):
                 raise DatasetError(
@@ -70,3 +73,27 @@ class LakeTableDataset(AbstractDataset[Any, pd.DataFrame]):
             "lake_root": self._lake_root,
             "version": self._delta_version,
         }
+
+
+class LakeDataset(AbstractDataset[None, Lake]):
+    """Loads a handle on the lake, for nodes that read blobs (images, masks...)."""
+
+    def __init__(
+        self,
+        *,
+        lake_root: str = "data/lake",
+        storage_options: dict[str, str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self._lake_root = lake_root
+        self._storage_options = storage_options
+        self.metadata = metadata
+
+    def load(self) -> Lake:
+        return Lake(self._lake_root, storage_options=self._storage_options)
+
+    def save(self, data: None) -> None:
+        raise DatasetError("the lake handle is read-only; write through lake tables")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"lake_root": self._lake_root}

@@ -1,0 +1,229 @@
+"""Model cards: JSON (the record) and Markdown (rendered from the JSON).
+
+Everything outside the `volatile` section is deterministic for a given config,
+lake state and machine, so determinism checks and `edgeloop reproduce` compare
+cards with `volatile` removed.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import subprocess
+from collections.abc import Mapping
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+PACKAGES = (
+    "edgeloop",
+    "kedro",
+    "kedro-datasets",
+    "torch",
+    "torchvision",
+    "optuna",
+    "numpy",
+    "pandas",
+    "deltalake",
+    "scikit-image",
+)
+CARD_SCHEMA = "edgeloop.model_card/v1"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def strip_volatile(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The card without its `volatile` section (what determinism compares)."""
+    return {k: v for k, v in card.items() if k != "volatile"}
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: nan/inf become None, tuples lists, numpy scalars Python."""
+    if isinstance(value, Mapping):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:+.{digits}f}" if digits < 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _delta(value: Any) -> str:
+    return "–" if value is None else f"{value:+.3f}"
+
+
+def render_markdown(card: Mapping[str, Any]) -> str:
+    """The human-readable card, rendered from the JSON card only."""
+    m = card["model"]
+    gate = card["gate"]
+    lines = [
+        f"# Model card: {m['version']} (iteration {m['iteration']})",
+        "",
+        f"**Verdict: {'PROMOTED' if gate['promoted'] else 'NOT PROMOTED'}.** "
+        + " ".join(gate["reasons"]),
+        "",
+        "## Model details",
+        "",
+        "| field | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "architecture",
+        "n_params",
+        "parent_version",
+        "weights_source",
+        "policy",
+        "epochs_run",
+        "best_epoch",
+        "input_size",
+        "weights_hash",
+    ):
+        lines.append(f"| {key} | {m.get(key)} |")
+    lines += ["", "## Intended use", "", card["intended_use"], ""]
+    lines += ["## Limitations", "", card["limitations"], ""]
+    td = card["training_data"]
+    lines += [
+        "## Training data",
+        "",
+        f"Images per split: {td['splits']}. By source: {td['by_source']}. "
+        f"By label origin: {td['by_origin']}. Added this iteration: "
+        f"{td['added_this_iteration']}.",
+        "",
+        "| slice (train) | images |",
+        "|---|---|",
+        *[f"| {s} | {n} |" for s, n in td["train_slices"].items()],
+        "",
+    ]
+    ed = card["evaluation_data"]
+    lines += [
+        "## Evaluation data",
+        "",
+        f"Gate split: {ed['gate_split']} ({ed['n_images']} images); "
+        f"resolution {ed['input_size']}; metric `{ed['metric']}`; slices with fewer "
+        f"than {ed['min_images']} images are *insufficient* and never gate.",
+        "",
+        "## Results per slice",
+        "",
+        "| slice | n | new | promoted | Δ | 95% CI | best so far | flag |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in card["results"]["slices"]:
+        flag = (
+            "insufficient"
+            if row["insufficient"]
+            else ("**REGRESSED**" if row["regressed"] else "ok")
+        )
+        ci = (
+            "–"
+            if row["ci_low"] is None
+            else f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+        )
+        lines.append(
+            f"| {row['slice']} | {row['n_images']} | {_fmt(row['new'])} | "
+            f"{_fmt(row['old'])} | {_delta(row['delta'])} | {ci} | "
+            f"{_fmt(row['best'])} | {flag} |"
+        )
+    lines += ["", "Per-class IoU on the gate split:", ""]
+    lines += ["| class | IoU | Dice |", "|---|---|---|"]
+    for name, iou, dice in zip(
+        card["results"]["class_names"],
+        card["results"]["per_class_iou"],
+        card["results"]["per_class_dice"],
+        strict=True,
+    ):
+        lines.append(f"| {name} | {_fmt(iou)} | {_fmt(dice)} |")
+    s = card["search"]
+    lines += [
+        "",
+        "## Hyperparameter search",
+        "",
+        f"{s['n_trials']} trials ({s['complete']} complete, {s['pruned']} pruned); "
+        f"best trial #{s['best_trial']} ({_fmt(s['best_value'])}).",
+        "",
+        "| architecture | trials | pruned | best val | params | policy | best params |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in s["per_architecture"]:
+        lines.append(
+            f"| {row['architecture']} | {row['trials']} | {row['pruned']} | "
+            f"{_fmt(row['best_value'])} | {row['n_params']} | {row['policy']} | "
+            f"{row['params']} |"
+        )
+    c = card["caveats"]
+    lines += [
+        "",
+        "## Caveats",
+        "",
+        "Worst sufficient slices: "
+        + ", ".join(f"{w['slice']} ({_fmt(w['score'])})" for w in c["worst_slices"]),
+        "",
+        "Known edge cases: "
+        + (", ".join(c["known_edge_cases"]) if c["known_edge_cases"] else "none yet."),
+        "",
+    ]
+    r = card["reproducibility"]
+    lines += [
+        "## Reproducibility",
+        "",
+        f"git commit `{r['git_commit']}`, environment `{r['env']}`, seed {r['seed']}; "
+        f"lake versions read: {r['lake_versions']}.",
+        "",
+        f"Re-run: `edgeloop reproduce <this card's JSON>`. Packages: {r['packages']}.",
+        "",
+        "<details><summary>Config snapshot and dataset fingerprints</summary>",
+        "",
+        "```json",
+        __import__("json").dumps(
+            {"config": r["config"], "datasets": r["datasets"]}, indent=1, sort_keys=True
+        ),
+        "```",
+        "",
+        "</details>",
+        "",
+        "## Volatile",
+        "",
+        f"{card['volatile']}",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""The training step, after torchvision's segmentation reference scripts.
+
+`train_one_epoch` is the project's one training loop body; `edgeloop.training.fit`
+owns epochs, schedules and model selection around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+
+
+def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy over labelled pixels (255 is ignored).
+
+    A batch with no labelled pixel gives a zero loss that keeps the graph (plain
+    cross entropy would give NaN and poison the weights).
+
+    Args:
+        logits: (B, K, H, W) logits.
+        target: (B, H, W) int64 class ids, 255 = ignore.
+
+    Raises:
+        ValueError: if the shapes do not match.
+    """
+    if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(
+            f"logits (B, K, H, W) and target (B, H, W) do not match: "
+            f"logits {tuple(logits.shape)}, target {tuple(target.shape)}"
+        )
+    if not bool((target != IGNORE_INDEX).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device | str = "cpu",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    progress: bool = False,
+) -> float:
+    """One pass over `loader`: forward, loss, backward, step for each batch.
+
+    The caller sets the dataset's epoch (`SegmentationSet.set_epoch`) beforehand;
+    this only iterates.
+
+    Args:
+        model: Maps (B, 3, H, W) images to (B, K, H, W) logits; put in train mode.
+        optimizer: Stepped after every batch.
+        loader: Yields (images (B, 3, H, W) float, masks (B, H, W) int64).
+        device: Where to run.
+        scheduler: Stepped after every batch, as in the torchvision reference
+            (per-iteration LR schedules). Per-epoch schedules belong to the caller.
+        progress: Show a tqdm bar.
+
+    Returns:
+        The mean loss over batches.
+
+    Raises:
+        ValueError: if `loader` yields no batch.
+    """
+    device = torch.device(device)
+    model.train()
+    total = torch.zeros((), device=device)
+    batches = 0
+    bar = tqdm(loader, desc="train", leave=False, disable=not progress)
+    for images, masks in bar:
+        images = images.to(device, non_blocking=True)  # (B, 3, H, W)
+        masks = masks.to(device, non_blocking=True)  # (B, H, W)
+        logits = model(images)  # (B, K, H, W) logits
+        loss = criterion(logits, masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach()
+        batches += 1
+        if progress:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    if batches == 0:
+        raise ValueError("loader yielded no batches (empty dataset or drop_last?)")
+    return float(total) / batches

@@ -1,0 +1,485 @@
+"""`fit`, the one training routine, and the Optuna sweep around it.
+
+The training node, the Optuna objective, the refit of the best trial and the
+simulator all call `fit`. Small models (under `small_model_params`) stop early
+with patience; larger ones decay the learning rate exponentially every epoch.
+Both policies are parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+
+from edgeloop.data import AugmentConfig, SegmentationSet, make_loader
+from edgeloop.engine import train_one_epoch
+from edgeloop.metrics import ConfusionMatrix, metric_fn
+from edgeloop.models import (
+    ARCHITECTURES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_model,
+    count_parameters,
+)
+from edgeloop.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("early_stopping", "exponential_lr")
+INITS = ("warm", "pretrained", "scratch")
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, numpy and torch, and asks torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Images and masks of one iteration, at training resolution.
+
+    Attributes:
+        images: (N, H, W, 3) uint8.
+        masks: (N, H, W) uint8 on the class map (255 = ignore).
+        image_ids: (N,) image ids.
+        splits: (N,) train / val / test.
+        weights: (N,) sampling weights (1 outside train).
+        class_names: The class map's names, in id order.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    image_ids: np.ndarray
+    splits: np.ndarray
+    weights: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4 or self.images.shape[3] != 3:
+            raise ValueError(f"images must be (N, H, W, 3), got {self.images.shape}")
+        if self.masks.shape != self.images.shape[:3]:
+            raise ValueError(
+                f"masks must be (N, H, W) = {self.images.shape[:3]}, "
+                f"got {self.masks.shape}"
+            )
+        for name in ("image_ids", "splits", "weights"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} must have {n} entries")
+
+    def split(self, name: str) -> ModelInput:
+        keep = self.splits == name
+        return ModelInput(
+            self.images[keep],
+            self.masks[keep],
+            self.image_ids[keep],
+            self.splits[keep],
+            self.weights[keep],
+            self.class_names,
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything one `fit` call depends on (hyperparameters and policies)."""
+
+    architecture: str = "lraspp_mobilenet_v3_large"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 8
+    aug_strength: float = 0.5
+    lr_gamma: float = 0.95
+    epochs: int = 20
+    patience: int = 4
+    small_model_params: int = 5_000_000
+    small_policy: str = "early_stopping"
+    large_policy: str = "exponential_lr"
+    metric: str = "miou"
+    seed: int = 0
+    init: str = "warm"
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture {self.architecture!r} is not one of "
+                f"{list(ARCHITECTURES)}"
+            )
+        for name in ("small_policy", "large_policy"):
+            if getattr(self, name) not in POLICIES:
+                raise ValueError(f"training.{name} must be one of {list(POLICIES)}")
+        if self.init not in INITS:
+            raise ValueError(f"training.init {self.init!r} is not one of {list(INITS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("training.epochs, batch_size and lr must be positive")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise ValueError(
+                f"training.lr_gamma must be in (0, 1], got {self.lr_gamma}"
+            )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> FitConfig:
+        known = {k: v for k, v in params.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, **overrides})
+
+
+@dataclass
+class FitResult:
+    """A trained model (at its best validation epoch) and how it got there."""
+
+    model: torch.nn.Module
+    config: FitConfig
+    curves: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    stopped_early: bool
+    policy: str
+    n_params: int
+    weights_source: str
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def validation_score(
+    model: torch.nn.Module, data: ModelInput, metric: str, *, batch_size: int = 16
+) -> float:
+    """The metric on a labelled set, through the shared predictor."""
+    predictor = Predictor(
+        model,
+        class_names=data.class_names,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        batch_size=batch_size,
+    )
+    cm = ConfusionMatrix(len(data.class_names))
+    preds = predictor.predict(list(data.images), with_scores=False)
+    for pred, mask in zip(preds, data.masks, strict=True):
+        cm.update(mask, pred.mask)
+    return float(metric_fn(metric, data.class_names)(cm.matrix))
+
+
+def fit(
+    config: FitConfig,
+    data: ModelInput,
+    *,
+    init_state: Mapping[str, torch.Tensor] | None = None,
+    init_label: str = "warm",
+    trial: optuna.Trial | None = None,
+    progress: bool = False,
+) -> FitResult:
+    """Trains one model on `data`'s train split, selecting on its val split.
+
+    Args:
+        config: Hyperparameters and policies.
+        data: Model input with train and val images.
+        init_state: Weights to warm-start from (same architecture), used when
+            `config.init` is ``warm``; otherwise ignored.
+        init_label: How to describe `init_state` in the metadata.
+        trial: The Optuna trial, for per-epoch pruning.
+        progress: Show progress bars.
+
+    Raises:
+        ValueError: if the train or val split is empty.
+        optuna.TrialPruned: when the trial's pruner stops it.
+    """
+    train, val = data.split("train"), data.split("val")
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"fit needs train and val images, got {len(train)} train and {len(val)} val"
+        )
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    model, source = build_model(
+        config.architecture,
+        len(data.class_names),
+        pretrained=config.init != "scratch",
+    )
+    if config.init == "warm" and init_state is not None:
+        model.load_state_dict(init_state)
+        source = init_label
+    n_params = count_parameters(model)
+    policy = (
+        config.small_policy
+        if n_params < config.small_model_params
+        else config.large_policy
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+        if policy == "exponential_lr"
+        else None
+    )
+    train_set = SegmentationSet(
+        train.images,
+        train.masks,
+        augment=AugmentConfig(strength=config.aug_strength),
+        seed=config.seed,
+    )
+    batch_size = min(config.batch_size, len(train))
+    loader = make_loader(
+        train_set,
+        batch_size=batch_size,
+        weights=train.weights,
+        seed=config.seed,
+        # A last batch of one image breaks batch norm in training mode.
+        drop_last=len(train) % batch_size == 1,
+    )
+    curves: list[dict[str, float]] = []
+    best_score, best_epoch, best_state = float("-inf"), -1, None
+    stopped_early = False
+    for epoch in range(config.epochs):
+        train_set.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        loss = train_one_epoch(model, optimizer, loader, progress=progress)
+        if scheduler is not None:
+            scheduler.step()  # exponential decay once per epoch
+        score = validation_score(model, val, config.metric)
+        curves.append(
+            {"epoch": epoch, "train_loss": loss, "val_score": score, "lr": lr}
+        )
+        log.info(
+            "%s epoch %d/%d: loss %.4f, val %s %.4f",
+            config.architecture,
+            epoch + 1,
+            config.epochs,
+            loss,
+            config.metric,
+            score,
+        )
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if trial is not None:
+            trial.report(score, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {score:.4f})")
+        if policy == "early_stopping" and epoch - best_epoch >= config.patience:
+            stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    return FitResult(
+        model=model.eval(),
+        config=config,
+        curves=curves,
+        best_epoch=best_epoch,
+        best_score=best_score,
+        epochs_run=len(curves),
+        stopped_early=stopped_early,
+        policy=policy,
+        n_params=n_params,
+        weights_source=source,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# -- the sweep ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The `training.sweep` parameters."""
+
+    n_trials: int = 6
+    architectures: tuple[str, ...] = ARCHITECTURES
+    storage: str = "sqlite:///data/06_models/optuna.db"
+    study_name: str = "edgeloop-iter-0"
+    seed: int = 0
+    pruner: str = "median"
+    lr: tuple[float, float] = (3e-4, 3e-3)
+    weight_decay: tuple[float, float] = (1e-6, 1e-3)
+    batch_size: tuple[int, ...] = (4, 8, 16)
+    aug_strength: tuple[float, float] = (0.0, 0.8)
+    lr_gamma: tuple[float, float] = (0.85, 0.99)
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.architectures if a not in ARCHITECTURES]
+        if bad:
+            raise ValueError(f"sweep architectures {bad} not in {list(ARCHITECTURES)}")
+        if self.n_trials < 2 * len(self.architectures):
+            raise ValueError(
+                f"training.sweep.n_trials must be at least twice the number of "
+                f"architectures ({2 * len(self.architectures)}), got {self.n_trials}"
+            )
+        if self.pruner not in ("median", "hyperband"):
+            raise ValueError(
+                f"training.pruner must be median or hyperband, got {self.pruner!r}"
+            )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> SweepConfig:
+        space = params.get("space") or {}
+        kwargs: dict[str, Any] = {
+            k: params[k]
+            for k in ("n_trials", "storage", "study_name", "seed", "pruner")
+            if k in params
+        }
+        if "architectures" in params:
+            kwargs["architectures"] = tuple(params["architectures"])
+        for key in ("lr", "weight_decay", "aug_strength", "lr_gamma", "batch_size"):
+            if key in space:
+                kwargs[key] = tuple(space[key])
+        return cls(**kwargs)
+
+
+def suggest_config(
+    trial: optuna.Trial, base: FitConfig, sweep: SweepConfig
+) -> FitConfig:
+    """The trial's point of the search space, on top of the base config."""
+    return replace(
+        base,
+        architecture=trial.suggest_categorical(
+            "architecture", list(sweep.architectures)
+        ),
+        lr=trial.suggest_float("lr", *sweep.lr, log=True),
+        weight_decay=trial.suggest_float("weight_decay", *sweep.weight_decay, log=True),
+        batch_size=trial.suggest_categorical("batch_size", list(sweep.batch_size)),
+        aug_strength=trial.suggest_float("aug_strength", *sweep.aug_strength),
+        lr_gamma=trial.suggest_float("lr_gamma", *sweep.lr_gamma),
+    )
+
+
+def _storage(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        os.makedirs(
+            os.path.dirname(os.path.abspath(url.removeprefix("sqlite:///"))),
+            exist_ok=True,
+        )
+    return url
+
+
+def run_sweep(
+    data: ModelInput,
+    *,
+    base: FitConfig,
+    sweep: SweepConfig,
+    init_states: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    init_label: str = "warm",
+    progress: bool = True,
+) -> optuna.Study:
+    """Runs (or resumes) the study until it holds `n_trials` finished trials.
+
+    One trial per architecture is enqueued first, so every architecture is
+    tried. Several processes can share the study through the same storage: each
+    stops once the study has `n_trials` complete or pruned trials.
+    """
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(
+            n_startup_trials=len(sweep.architectures), n_warmup_steps=1
+        )
+        if sweep.pruner == "median"
+        else optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.epochs)
+    )
+    study = optuna.create_study(
+        study_name=sweep.study_name,
+        storage=_storage(sweep.storage),
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=sweep.seed),
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    if not study.trials:
+        for arch in sweep.architectures:
+            study.enqueue_trial({"architecture": arch})
+    init_states = init_states or {}
+
+    def objective(trial: optuna.Trial) -> float:
+        config = suggest_config(trial, base, sweep)
+        result = fit(
+            config,
+            data,
+            init_state=init_states.get(config.architecture),
+            init_label=init_label,
+            trial=trial,
+        )
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("policy", result.policy)
+        trial.set_user_attr("n_params", result.n_params)
+        trial.set_user_attr("curves", [c["val_score"] for c in result.curves])
+        return result.best_score
+
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = sum(t.state in finished for t in study.trials)
+    remaining = max(0, sweep.n_trials - done)
+    if remaining:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            callbacks=[optuna.study.MaxTrialsCallback(sweep.n_trials, states=finished)],
+            show_progress_bar=progress,
+        )
+    else:
+        log.info(
+            "study %s already holds %d finished trials: resumed, nothing to run",
+            sweep.study_name,
+            done,
+        )
+    return study
+
+
+def best_per_architecture(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per architecture: its best trial, so the choice is visible."""
+    rows = []
+    for arch in sorted({t.params.get("architecture") for t in study.trials} - {None}):
+        trials = [t for t in study.trials if t.params.get("architecture") == arch]
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        best = max(complete, key=lambda t: t.value) if complete else None
+        rows.append(
+            {
+                "architecture": arch,
+                "trials": len(trials),
+                "pruned": sum(
+                    t.state == optuna.trial.TrialState.PRUNED for t in trials
+                ),
+                "best_trial": best.number if best else None,
+                "best_value": best.value if best else None,
+                "n_params": best.user_attrs.get("n_params") if best else None,
+                "policy": best.user_attrs.get("policy") if best else None,
+                "params": {k: v for k, v in best.params.items() if k != "architecture"}
+                if best
+                else None,
+            }
+        )
+    return rows
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    states = [t.state.name for t in study.trials]
+    best = study.best_trial
+    return {
+        "study_name": study.study_name,
+        "n_trials": len(study.trials),
+        "complete": states.count("COMPLETE"),
+        "pruned": states.count("PRUNED"),
+        "failed": states.count("FAIL"),
+        "best_trial": best.number,
+        "best_value": best.value,
+        "best_params": best.params,
+        "per_architecture": best_per_architecture(study),
+        "history": [
+            {"number": t.number, "state": t.state.name, "value": t.value, **t.params}
+            for t in study.trials
+        ],
+    }
+
+
+def config_dict(config: FitConfig) -> dict[str, Any]:
+    return asdict(config)

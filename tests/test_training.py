@@ -1,0 +1,209 @@
+"""fit, the sweep around it, the predictor and the model registry."""
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from edgeloop.lake import Lake
+from edgeloop.models import weights_hash
+from edgeloop.predictor import SCORE_NAMES, Predictor
+from edgeloop.registry import (
+    ModelRecord,
+    TrainedModel,
+    best_so_far,
+    load_model,
+    promoted_row,
+    register_model,
+)
+from edgeloop.training import FitConfig, ModelInput, SweepConfig, fit, run_sweep
+
+NAMES = ("background", "square")
+
+
+def toy_input(n: int = 24, size: int = 32, seed: int = 0) -> ModelInput:
+    """Bright squares (class 1) on a dark noisy background."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 60, (n, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    for i in range(n):
+        y, x = rng.integers(0, size - 12, 2)
+        images[i, y : y + 12, x : x + 12] = 220
+        masks[i, y : y + 12, x : x + 12] = 1
+    splits = np.array(["train"] * (n - 8) + ["val"] * 4 + ["test"] * 4)
+    return ModelInput(
+        images=images,
+        masks=masks,
+        image_ids=np.array([f"img{i:03d}" for i in range(n)]),
+        splits=splits,
+        weights=np.ones(n),
+        class_names=NAMES,
+    )
+
+
+FAST = FitConfig(
+    architecture="lraspp_mobilenet_v3_large",
+    epochs=3,
+    batch_size=8,
+    lr=3e-3,
+    init="scratch",
+    aug_strength=0.0,
+)
+
+
+def test_fit_is_deterministic_and_learns():
+    data = toy_input()
+    a = fit(FAST, data)
+    b = fit(FAST, data)
+    assert weights_hash(a.model.state_dict()) == weights_hash(b.model.state_dict())
+    assert [c["val_score"] for c in a.curves] == [c["val_score"] for c in b.curves]
+    assert a.curves[-1]["train_loss"] < a.curves[0]["train_loss"]
+    assert a.policy == "early_stopping" and a.n_params < 5_000_000
+    assert a.best_score == max(c["val_score"] for c in a.curves)
+
+
+def test_large_models_decay_lr_every_epoch():
+    config = FitConfig(
+        architecture="deeplabv3_mobilenet_v3_large",
+        epochs=2,
+        lr_gamma=0.5,
+        init="scratch",
+        batch_size=8,
+    )
+    result = fit(config, toy_input(n=16, size=32))
+    assert result.policy == "exponential_lr"
+    assert [c["lr"] for c in result.curves] == pytest.approx([1e-3, 5e-4])
+
+
+def test_warm_start_loads_the_parent_weights():
+    data = toy_input()
+    parent = fit(FAST, data)
+    config = FitConfig(**{**FAST.__dict__, "init": "warm", "epochs": 1, "lr": 1e-9})
+    child = fit(config, data, init_state=parent.model.state_dict(), init_label="warm:p")
+    assert child.weights_source == "warm:p"
+    # With a vanishing learning rate the child keeps its parent's parameters
+    # (batch-norm running statistics still move: they are not learnt).
+    child_params = dict(child.model.named_parameters())
+    for key, value in parent.model.named_parameters():
+        assert torch.allclose(child_params[key], value, atol=1e-5), key
+
+
+def test_fit_needs_train_and_val():
+    data = toy_input()
+    only_train = ModelInput(
+        data.images,
+        data.masks,
+        data.image_ids,
+        np.array(["train"] * len(data)),
+        data.weights,
+        NAMES,
+    )
+    with pytest.raises(ValueError, match="needs train and val images"):
+        fit(FAST, only_train)
+
+
+def test_sweep_needs_two_trials_per_architecture():
+    with pytest.raises(ValueError, match="at least twice the number of architectures"):
+        SweepConfig(n_trials=5)
+
+
+@pytest.mark.slow
+def test_sweep_tries_every_architecture_and_resumes(tmp_path):
+    data = toy_input(n=16, size=32)
+    sweep = SweepConfig(
+        n_trials=6,
+        storage=f"sqlite:///{tmp_path}/study.db",
+        study_name="t",
+    )
+    base = FitConfig(epochs=1, init="scratch", aug_strength=0.0)
+    study = run_sweep(data, base=base, sweep=sweep, progress=False)
+    archs = [t.params["architecture"] for t in study.trials[:3]]
+    assert archs == list(sweep.architectures)
+    assert len(study.trials) == 6
+    again = run_sweep(data, base=base, sweep=sweep, progress=False)
+    assert len(again.trials) == 6  # resumed: nothing re-run
+    more = SweepConfig(n_trials=7, storage=sweep.storage, study_name="t")
+    assert len(run_sweep(data, base=base, sweep=more, progress=False).trials) == 7
+    states = {t.state for t in again.trials}
+    assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+
+
+def _trained(data: ModelInput) -> TrainedModel:
+    result = fit(FAST, data)
+    return TrainedModel(
+        state_dict=result.model.state_dict(),
+        metadata={
+            "architecture": FAST.architecture,
+            "class_names": list(NAMES),
+            "normalisation": {
+                "mean": [0.485, 0.456, 0.406],
+                "std": [0.229, 0.224, 0.225],
+            },
+            "input_size": [32, 32],
+            "iteration": 0,
+            "curves": result.curves,
+        },
+    )
+
+
+def test_predictor_scores_and_flip_invariance():
+    data = toy_input(n=40)
+    model = _trained(data)
+    predictor = model.predictor()
+    images = list(data.images[-4:])
+    preds = predictor.predict(images)
+    for pred in preds:
+        assert pred.mask.shape == (32, 32)
+        assert set(SCORE_NAMES) <= set(pred.scores)
+        assert 0.5 <= pred.scores["mean_max_prob"] <= 1.0
+        assert pred.scores["frac:background"] + pred.scores[
+            "frac:square"
+        ] == pytest.approx(1)
+    flipped = predictor.predict([np.ascontiguousarray(i[:, ::-1]) for i in images])
+    agree = np.mean(
+        [
+            np.mean(p.mask == f.mask[:, ::-1])
+            for p, f in zip(preds, flipped, strict=True)
+        ]
+    )
+    assert agree > 0.9  # a flipped image gives the flipped mask
+    with pytest.raises(ValueError, match=r"images\[0\] must be \(H, W, 3\) uint8"):
+        predictor.predict([np.zeros((4, 4), np.uint8)])
+
+
+def test_predictor_resizes_to_the_model_input_size():
+    data = toy_input(n=16)
+    model = _trained(data).build()
+    predictor = Predictor(
+        model, class_names=NAMES, mean=(0, 0, 0), std=(1, 1, 1), input_size=(32, 32)
+    )
+    (pred,) = predictor.predict([np.zeros((48, 40, 3), np.uint8)])
+    assert pred.mask.shape == (48, 40)
+
+
+def test_registry_promoted_row_best_so_far_and_round_trip(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    model = _trained(toy_input(n=16))
+    assert promoted_row(lake.read("models")) is None
+    register_model(
+        lake,
+        ModelRecord(
+            model, {"a": 1}, "miou", 0.7, {"all": 0.7, "x": 0.5}, True, "first"
+        ),
+    )
+    meta2 = {**model.metadata, "iteration": 1}
+    other = TrainedModel(model.state_dict, meta2)
+    register_model(
+        lake,
+        ModelRecord(
+            other, {"a": 2}, "miou", 0.6, {"all": 0.6, "x": 0.8}, False, "worse"
+        ),
+    )
+    models = lake.read("models")
+    row = promoted_row(models)
+    assert row["model_version"] == model.version
+    assert best_so_far(models) == {"all": 0.7, "x": 0.5}  # only promoted rows count
+    loaded = load_model(lake, row)
+    assert loaded.weights_hash == model.weights_hash
+    assert len(pd.unique(models["model_version"])) == 2
