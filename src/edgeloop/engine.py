@@ -19,8 +19,17 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = 255
 
 
-def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy over labelled pixels (255 is ignored).
+def criterion(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    class_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean (optionally class-weighted) cross entropy over labelled pixels.
+
+    Pixels with 255 are ignored. Class weights keep a rare class from being
+    drowned by the background (a random-init model otherwise settles on
+    predicting background everywhere).
 
     A batch with no labelled pixel gives a zero loss that keeps the graph (plain
     cross entropy would give NaN and poison the weights).
@@ -28,6 +37,7 @@ def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Args:
         logits: (B, K, H, W) logits.
         target: (B, H, W) int64 class ids, 255 = ignore.
+        class_weights: (K,) weight per class, or None.
 
     Raises:
         ValueError: if the shapes do not match.
@@ -39,7 +49,9 @@ def criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         )
     if not bool((target != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        logits, target, weight=class_weights, ignore_index=IGNORE_INDEX
+    )
 
 
 def train_one_epoch(
@@ -49,6 +61,7 @@ def train_one_epoch(
     *,
     device: torch.device | str = "cpu",
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    class_weights: torch.Tensor | None = None,
     progress: bool = False,
 ) -> float:
     """One pass over `loader`: forward, loss, backward, step for each batch.
@@ -63,6 +76,7 @@ def train_one_epoch(
         device: Where to run.
         scheduler: Stepped after every batch, as in the torchvision reference
             (per-iteration LR schedules). Per-epoch schedules belong to the caller.
+        class_weights: (K,) loss weight per class, or None.
         progress: Show a tqdm bar.
 
     Returns:
@@ -80,7 +94,7 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)  # (B, 3, H, W)
         masks = masks.to(device, non_blocking=True)  # (B, H, W)
         logits = model(images)  # (B, K, H, W) logits
-        loss = criterion(logits, masks)
+        loss = criterion(logits, masks, class_weights=class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -192,6 +192,13 @@ def _construct(arch: str, num_classes: int, imagenet: bool) -> SegmentationNet:
         )
     else:
         net = UNetResNet18(num_classes)
+    # torchvision's MobileNetV3 uses batch-norm momentum 0.01, tuned for
+    # ImageNet's many steps per epoch. With a few hundred images the running
+    # statistics barely leave their init and eval-mode predictions collapse to
+    # one class; PyTorch's default 0.1 tracks the data within an epoch.
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.1
     model = SegmentationNet(arch, num_classes, net)
     if imagenet and arch == "unet_resnet18":
         state = load_weights(imagenet_backbone_path(arch))

@@ -36,6 +36,7 @@ from edgeloop.predictor import Predictor
 log = logging.getLogger(__name__)
 
 POLICIES = ("early_stopping", "exponential_lr")
+CLASS_WEIGHTING = ("none", "median_frequency", "sqrt_median_frequency")
 INITS = ("warm", "pretrained", "scratch")
 
 
@@ -111,6 +112,7 @@ class FitConfig:
     small_policy: str = "early_stopping"
     large_policy: str = "exponential_lr"
     metric: str = "miou"
+    class_weighting: str = "sqrt_median_frequency"
     seed: int = 0
     init: str = "warm"
 
@@ -123,6 +125,11 @@ class FitConfig:
         for name in ("small_policy", "large_policy"):
             if getattr(self, name) not in POLICIES:
                 raise ValueError(f"training.{name} must be one of {list(POLICIES)}")
+        if self.class_weighting not in CLASS_WEIGHTING:
+            raise ValueError(
+                f"training.class_weighting {self.class_weighting!r} is not one of "
+                f"{list(CLASS_WEIGHTING)}"
+            )
         if self.init not in INITS:
             raise ValueError(f"training.init {self.init!r} is not one of {list(INITS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -154,6 +161,26 @@ class FitResult:
     weights_source: str
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def class_weights(
+    masks: np.ndarray, num_classes: int, scheme: str
+) -> torch.Tensor | None:
+    """Loss weights from train pixel frequencies (SegNet's median frequency).
+
+    w_c = median(f) / f_c, or its square root (gentler); classes absent from the
+    train masks get weight 1. Clipped to [0.05, 20].
+    """
+    if scheme == "none":
+        return None
+    counts = np.bincount(masks.ravel(), minlength=256)[:num_classes].astype(float)
+    present = counts > 0
+    freq = counts / max(counts.sum(), 1.0)
+    weights = np.ones(num_classes)
+    weights[present] = np.median(freq[present]) / freq[present]
+    if scheme == "sqrt_median_frequency":
+        weights = np.sqrt(weights)
+    return torch.tensor(np.clip(weights, 0.05, 20.0), dtype=torch.float32)
 
 
 def validation_score(
@@ -242,13 +269,16 @@ def fit(
         # A last batch of one image breaks batch norm in training mode.
         drop_last=len(train) % batch_size == 1,
     )
+    weights = class_weights(train.masks, len(data.class_names), config.class_weighting)
     curves: list[dict[str, float]] = []
     best_score, best_epoch, best_state = float("-inf"), -1, None
     stopped_early = False
     for epoch in range(config.epochs):
         train_set.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        loss = train_one_epoch(model, optimizer, loader, progress=progress)
+        loss = train_one_epoch(
+            model, optimizer, loader, class_weights=weights, progress=progress
+        )
         if scheduler is not None:
             scheduler.step()  # exponential decay once per epoch
         score = validation_score(model, val, config.metric)
