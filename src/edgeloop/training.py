@@ -9,6 +9,7 @@ Both policies are parameters.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import random
@@ -395,6 +396,15 @@ def _storage(url: str) -> str:
     return url
 
 
+def data_key(data: ModelInput) -> str:
+    """A short fingerprint of a model input: ids, splits, classes and size."""
+    h = hashlib.sha256()
+    for part in (data.image_ids.astype(str), data.splits.astype(str)):
+        h.update("\n".join(part.tolist()).encode())
+    h.update(repr((data.class_names, data.images.shape[1:])).encode())
+    return h.hexdigest()[:16]
+
+
 def run_sweep(
     data: ModelInput,
     *,
@@ -425,9 +435,18 @@ def run_sweep(
         pruner=pruner,
         load_if_exists=True,
     )
+    # A study belongs to one model input: resuming it on other data (another
+    # environment, another iteration's images) would mix incomparable trials.
+    key = data_key(data)
     if not study.trials:
+        study.set_user_attr("data_key", key)
         for arch in sweep.architectures:
             study.enqueue_trial({"architecture": arch})
+    elif study.user_attrs.get("data_key") != key:
+        raise ValueError(
+            f"study {sweep.study_name!r} in {sweep.storage} was run on other model "
+            "input; delete it or set training.study_name / training.storage"
+        )
     init_states = init_states or {}
 
     def objective(trial: optuna.Trial) -> float:
