@@ -130,8 +130,13 @@ def refit_best_trial(
     training: dict[str, Any],
     iteration: int,
 ) -> TrainedModel:
-    """Refits the best trial's configuration with the same `fit` the sweep used."""
-    config = FitConfig.from_params(training, **study["best_params"])
+    """Refits the best trial's configuration with the same `fit` the sweep used.
+
+    `training.refit_epochs` (default: `training.epochs`) lets the final model
+    train longer than each trial of the sweep did.
+    """
+    epochs = int(training.get("refit_epochs") or training.get("epochs", 20))
+    config = FitConfig.from_params(training, **study["best_params"], epochs=epochs)
     start = time.perf_counter()
     result = fit(
         config,
