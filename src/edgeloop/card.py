@@ -12,6 +12,7 @@ import platform
 import subprocess
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 from typing import Any
 
 PACKAGES = (
@@ -30,9 +31,15 @@ CARD_SCHEMA = "edgeloop.model_card/v1"
 
 
 def git_commit() -> str | None:
+    """The commit of the edgeloop checkout that runs (not of the working folder)."""
+    package_dir = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=package_dir,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

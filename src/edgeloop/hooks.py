@@ -65,14 +65,14 @@ class ProvenanceHook:
         self._catalog: Any = None
 
     @hook_impl
-    def after_catalog_created(self, catalog: Any, **kwargs: Any) -> None:
-        self._record = {"datasets": {}, "save_version": kwargs.get("save_version")}
+    def after_catalog_created(self, catalog: Any, save_version: str | None) -> None:
+        self._record = {"datasets": {}, "save_version": save_version}
         self._catalog = catalog
         # "assign": the card node sees this very dict, filled as the run goes.
         catalog["run_provenance"] = MemoryDataset(self._record, copy_mode="assign")
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any], **kwargs: Any) -> None:
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
         self._record["env"] = run_params.get("env")
         self._record["runtime_params"] = run_params.get("runtime_params") or {}
         self._record["pipeline_names"] = run_params.get("pipeline_names")
