@@ -209,3 +209,20 @@ def test_registry_promoted_row_best_so_far_and_round_trip(tmp_path):
     loaded = load_model(lake, row)
     assert loaded.weights_hash == model.weights_hash
     assert len(pd.unique(models["model_version"])) == 2
+
+
+def test_instance_input_norm_makes_predictions_brightness_invariant():
+    from edgeloop.models import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model("unet_resnet18", 2, pretrained=False, input_norm="instance")
+    model.eval()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        a = model(x)
+        b = model(x * 0.3 - 0.5)  # a darker, shifted copy of the same image
+    assert torch.allclose(a, b, atol=1e-3)
+    plain, _ = build_model("unet_resnet18", 2, pretrained=False)
+    assert plain.input_norm == "dataset"
+    with pytest.raises(ValueError, match="input_norm must be one of"):
+        build_model("unet_resnet18", 2, pretrained=False, input_norm="batch")

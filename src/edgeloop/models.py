@@ -45,6 +45,7 @@ ARCHITECTURES = (
 )
 # Under this many parameters training stops early; above it, ExponentialLR.
 SMALL_MODEL_PARAMS = 5_000_000
+INPUT_NORMS = ("dataset", "instance")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -130,11 +131,23 @@ class SegmentationNet(nn.Module):
         net: The wrapped network.
     """
 
-    def __init__(self, arch: str, num_classes: int, net: nn.Module) -> None:
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        net: nn.Module,
+        *,
+        input_norm: str = "dataset",
+    ) -> None:
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(
+                f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}"
+            )
         self.arch = arch
         self.num_classes = num_classes
         self.net = net
+        self.input_norm = input_norm
 
     @property
     def backbone(self) -> nn.Module:
@@ -144,6 +157,13 @@ class SegmentationNet(nn.Module):
         return self.net.backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm == "instance":
+            # Per-image, per-channel standardisation: a dark (night) or washed
+            # out (haze, glare) image reaches the network with the same
+            # statistics as a day image. No parameters: weights are unchanged.
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            std = x.std(dim=(2, 3), keepdim=True)
+            x = (x - mean) / (std + 1e-2)
         out = self.net(x)
         if isinstance(out, Mapping):  # torchvision segmentation models
             out = out["out"]
@@ -154,7 +174,10 @@ class SegmentationNet(nn.Module):
         return out  # (B, K, H, W) logits
 
     def extra_repr(self) -> str:
-        return f"arch={self.arch!r}, num_classes={self.num_classes}"
+        return (
+            f"arch={self.arch!r}, num_classes={self.num_classes}, "
+            f"input_norm={self.input_norm!r}"
+        )
 
 
 def _check_arch(arch: str) -> None:
@@ -175,7 +198,9 @@ def imagenet_backbone_path(arch: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
 
 
-def _construct(arch: str, num_classes: int, imagenet: bool) -> SegmentationNet:
+def _construct(
+    arch: str, num_classes: int, imagenet: bool, input_norm: str = "dataset"
+) -> SegmentationNet:
     # weights_backbone is only passed when its file is in the hub cache, from
     # which torchvision loads it without touching the network.
     weights = _BACKBONE_WEIGHTS[arch] if imagenet else None
@@ -199,7 +224,7 @@ def _construct(arch: str, num_classes: int, imagenet: bool) -> SegmentationNet:
     for module in net.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1
-    model = SegmentationNet(arch, num_classes, net)
+    model = SegmentationNet(arch, num_classes, net, input_norm=input_norm)
     if imagenet and arch == "unet_resnet18":
         state = load_weights(imagenet_backbone_path(arch))
         _load_backbone(model, state, "ImageNet resnet18 file")
@@ -262,6 +287,7 @@ def build_model(
     *,
     pretrained: bool = True,
     weights_path: str | os.PathLike[str] | None = None,
+    input_norm: str = "dataset",
 ) -> tuple[SegmentationNet, str]:
     """Builds `arch` for `num_classes` and says where its initial weights came from.
 
@@ -281,6 +307,8 @@ def build_model(
         num_classes: Number of classes K (>= 1).
         pretrained: Use local ImageNet backbone weights when present.
         weights_path: A checkpoint to start from.
+        input_norm: ``dataset`` (inputs as normalised by the caller) or
+            ``instance`` (also standardised per image inside the model).
 
     Returns:
         The model (in train mode) and its weights source.
@@ -300,7 +328,7 @@ def build_model(
         if not os.path.isfile(path):
             raise ValueError(f"weights_path {path!r} does not exist")
         state = load_weights(path)
-        model = _construct(arch, num_classes, imagenet=False)
+        model = _construct(arch, num_classes, imagenet=False, input_norm=input_norm)
         if state.keys() == model.state_dict().keys():
             try:
                 model.load_state_dict(state, strict=True)
@@ -319,11 +347,11 @@ def build_model(
     backbone_file = imagenet_backbone_path(arch)
     folder, name = os.path.split(backbone_file)
     if pretrained and os.path.isfile(backbone_file):
-        model = _construct(arch, num_classes, imagenet=True)
+        model = _construct(arch, num_classes, imagenet=True, input_norm=input_norm)
         log.info("%s: ImageNet backbone weights from %s", arch, backbone_file)
         return model, f"imagenet-backbone:{backbone_file}"
 
-    model = _construct(arch, num_classes, imagenet=False)
+    model = _construct(arch, num_classes, imagenet=False, input_norm=input_norm)
     if pretrained:
         log.info("%s: no ImageNet weights in %s (%s); random init", arch, folder, name)
     else:

@@ -51,7 +51,10 @@ class TrainedModel:
         """The model with these weights, in eval mode."""
         meta = self.metadata
         model, _ = build_model(
-            meta["architecture"], len(meta["class_names"]), pretrained=False
+            meta["architecture"],
+            len(meta["class_names"]),
+            pretrained=False,
+            input_norm=meta.get("hyperparameters", {}).get("input_norm", "dataset"),
         )
         model.load_state_dict(self.state_dict)
         return model.eval()

@@ -114,6 +114,7 @@ class FitConfig:
     large_policy: str = "exponential_lr"
     metric: str = "miou"
     class_weighting: str = "sqrt_median_frequency"
+    input_norm: str = "dataset"
     seed: int = 0
     init: str = "warm"
 
@@ -237,6 +238,7 @@ def fit(
         config.architecture,
         len(data.class_names),
         pretrained=config.init != "scratch",
+        input_norm=config.input_norm,
     )
     if config.init == "warm" and init_state is not None:
         model.load_state_dict(init_state)
