@@ -22,7 +22,9 @@ class LakeTableDataset(AbstractDataset[Any, pd.DataFrame]):
     Args:
         table: Table name (``images``, ``labels``...).
         lake_root: Lake root path or URI.
-        version: Delta version to read (time travel); latest when None.
+        delta_version: Delta version to read (time travel); latest when None or
+            "latest"; -1 reads the table as before its first commit. (Kedro
+            reserves `version` for its own dataset versioning.)
         storage_options: For object stores.
     """
 
@@ -31,13 +33,15 @@ class LakeTableDataset(AbstractDataset[Any, pd.DataFrame]):
         *,
         table: str,
         lake_root: str = "data/lake",
-        version: int | None = None,
+        delta_version: int | str | None = None,
         storage_options: dict[str, str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._table = table
         self._lake_root = lake_root
-        self._delta_version = None if version in (None, "", "latest") else int(version)
+        self._delta_version = (
+            None if delta_version in (None, "", "latest") else int(delta_version)
+        )
         self._storage_options = storage_options
         self.metadata = metadata
 
