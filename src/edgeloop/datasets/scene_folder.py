@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -71,7 +72,9 @@ class SceneFolderDataset(AbstractDataset[Mapping[str, Sequence[FolderItem]], dic
                     if meta.is_file()
                     else 0
                 )
-        return {"root": str(self._path), "subsets": subsets}
+        # Relative to the working folder, so the same project in another folder
+        # gives the same manifest (and the same provenance fingerprint).
+        return {"root": os.path.relpath(self._path), "subsets": subsets}
 
     def _exists(self) -> bool:
         return self._path.is_dir()
