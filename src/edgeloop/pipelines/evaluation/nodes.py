@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import matplotlib
@@ -111,26 +112,16 @@ def gate_new_model(
     rows = [{"split": "test", **c.to_dict()} for c in verdict.comparisons]
     if "val" in evaluations:
         val = evaluations["val"]
-        new = evaluate_slices(
-            val.new_cm,
-            list(val.image_ids),
-            slices,
+        score = partial(
+            evaluate_slices,
+            image_ids=list(val.image_ids),
+            slices=slices,
             metric=metric,
             class_names=names,
             min_images=config.min_images,
         )
-        old = (
-            evaluate_slices(
-                val.old_cm,
-                list(val.image_ids),
-                slices,
-                metric=metric,
-                class_names=names,
-                min_images=config.min_images,
-            )
-            if val.old_cm is not None
-            else {}
-        )
+        new = score(val.new_cm)
+        old = score(val.old_cm) if val.old_cm is not None else {}
         for name, res in new.items():
             prev = old.get(name)
             rows.append(
