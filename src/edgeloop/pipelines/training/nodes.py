@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -133,10 +134,18 @@ def refit_best_trial(
     """Refits the best trial's configuration with the same `fit` the sweep used.
 
     `training.refit_epochs` (default: `training.epochs`) lets the final model
-    train longer than each trial of the sweep did.
+    train longer than each trial of the sweep did; its exponential LR decay is
+    stretched so the LR ends where the trial's did.
     """
-    epochs = int(training.get("refit_epochs") or training.get("epochs", 20))
+    trial_epochs = int(training.get("epochs", 20))
+    epochs = int(training.get("refit_epochs") or trial_epochs)
     config = FitConfig.from_params(training, **study["best_params"], epochs=epochs)
+    if epochs != trial_epochs:
+        # The same total LR decay over the longer schedule as the trial had:
+        # gamma ** trial_epochs == refit_gamma ** refit_epochs.
+        config = dataclasses.replace(
+            config, lr_gamma=config.lr_gamma ** (trial_epochs / epochs)
+        )
     start = time.perf_counter()
     result = fit(
         config,
