@@ -25,6 +25,8 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from deltalake import DeltaTable, write_deltalake
 
 from edgeloop.classmap import ClassMap
@@ -88,8 +90,52 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("created_at", _TS),
         ]
     ),
+    # Every prediction the server or batch scoring made, with its query image.
+    "predictions": pa.schema(
+        [
+            ("request_id", pa.string()),
+            ("ts", _TS),
+            ("date", pa.string()),  # partition column: YYYY-MM-DD of ts (UTC)
+            ("model_version", pa.string()),
+            ("iteration", pa.int32()),
+            ("image_id", pa.string()),
+            ("image_blob", pa.string()),
+            ("mask_blob", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("mean_max_prob", pa.float64()),
+            ("mean_entropy", pa.float64()),
+            ("mean_margin", pa.float64()),
+            ("low_conf_frac", pa.float64()),
+            ("class_fracs", pa.list_(pa.float64())),
+            ("latency_ms", pa.float64()),
+            ("source", pa.string()),  # api | batch
+            ("client", pa.string()),
+        ]
+    ),
+    # What customers said about predictions or images.
+    "feedback": pa.schema(
+        [
+            ("feedback_id", pa.string()),
+            ("request_id", pa.string()),
+            ("image_id", pa.string()),
+            ("ts", _TS),
+            ("verdict", pa.string()),  # wrong | ok
+            ("comment", pa.string()),
+            ("tags", pa.list_(pa.string())),
+            ("client", pa.string()),
+        ]
+    ),
 }
-KEYS = {"images": "image_id", "labels": "label_id", "models": "model_version"}
+KEYS = {
+    "images": "image_id",
+    "labels": "label_id",
+    "models": "model_version",
+    "predictions": "request_id",
+    "feedback": "feedback_id",
+}
+# Partition columns: a dedupe on append reads only the partitions it writes to.
+PARTITIONS: dict[str, list[str]] = {"predictions": ["date"]}
 ORIGINS = ("seed", "human", "pseudo")
 
 
@@ -227,7 +273,7 @@ class Lake:
         keys = arrow.column(key).to_pylist()
         if len(set(keys)) != len(keys):
             raise LakeError(f"{table}: duplicate {key} values in one append")
-        existing = set(self.read(table, columns=[key])[key])
+        existing = self._existing_keys(table, arrow)
         mask = pa.array([k not in existing for k in keys])
         new = arrow.filter(mask)
         if new.num_rows == 0:
@@ -239,11 +285,50 @@ class Lake:
             self.table_uri(table),
             new,
             mode="append",
+            partition_by=PARTITIONS.get(table),
             storage_options=self.storage_options,
         )
         version = self.version(table)
         log.info("%s: appended %d rows -> version %s", table, new.num_rows, version)
         return version
+
+    def _existing_keys(self, table: str, new: pa.Table) -> set[str]:
+        """Keys already stored, read from the partitions `new` writes to only."""
+        key = KEYS[table]
+        uri = self.table_uri(table)
+        if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            return set()
+        dt = DeltaTable(uri, storage_options=self.storage_options)
+        expr = None
+        for column in PARTITIONS.get(table, []):
+            values = pc.unique(new.column(column)).to_pylist()
+            cond = pc.field(column).isin(values)
+            expr = cond if expr is None else expr & cond
+        keys = dt.to_pyarrow_dataset().to_table(columns=[key], filter=expr)
+        return set(keys.column(key).to_pylist())
+
+    def dataset(self, table: str, *, version: int | None = None) -> pads.Dataset:
+        """The table as a lazy Arrow dataset (for filtered, column-pruned scans).
+
+        Raises:
+            LakeError: the table does not exist yet.
+        """
+        uri = self.table_uri(table)
+        if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            raise LakeError(f"table {table!r} does not exist yet in {self.root}")
+        dt = DeltaTable(uri, version=version, storage_options=self.storage_options)
+        self.reads[table] = dt.version()
+        return dt.to_pyarrow_dataset()
+
+    def optimize(self, table: str) -> dict[str, Any]:
+        """Compacts a table's small files (one per writer commit) into big ones."""
+        uri = self.table_uri(table)
+        if not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
+            return {"table": table, "skipped": "does not exist"}
+        metrics = DeltaTable(
+            uri, storage_options=self.storage_options
+        ).optimize.compact()
+        return {"table": table, **metrics}
 
 
 @dataclass(frozen=True)
