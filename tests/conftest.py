@@ -47,3 +47,53 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / ".telemetry").write_text("consent: false\n")
     monkeypatch.chdir(root)
     return root
+
+
+def register_tiny_model(
+    lake: Lake,
+    *,
+    iteration: int = 0,
+    seed: int = 0,
+    promoted: bool = True,
+    class_names: tuple[str, ...] = (
+        "background",
+        "fighter_jet",
+        "airliner",
+        "light_aircraft",
+    ),
+    input_size: tuple[int, int] = (64, 64),
+) -> str:
+    """Registers a random-init LRASPP model in the lake; returns its version."""
+    import torch
+
+    from edgeloop.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+    from edgeloop.registry import ModelRecord, TrainedModel, register_model
+
+    torch.manual_seed(seed)
+    model, _ = build_model(
+        "lraspp_mobilenet_v3_large", len(class_names), pretrained=False
+    )
+    meta = {
+        "architecture": "lraspp_mobilenet_v3_large",
+        "class_names": list(class_names),
+        "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "input_size": list(input_size),
+        "hyperparameters": {"input_norm": "dataset"},
+        "iteration": iteration,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "seed": seed,
+    }
+    trained = TrainedModel(state_dict=model.state_dict(), metadata=meta)
+    register_model(
+        lake,
+        ModelRecord(
+            model=trained,
+            card={"results": {"miou": 0.5, "metric": "miou", "score": 0.5}},
+            metric="miou",
+            score=0.5,
+            slice_scores={},
+            promoted=promoted,
+            reason="registered by a test",
+        ),
+    )
+    return trained.version

@@ -108,3 +108,148 @@ def reproduce_cmd(card: Path, project: Path, workdir: Path | None) -> None:
     if diffs:
         raise SystemExit(1)
     click.echo("reproduced: every field matches")
+
+
+@lake.command("optimize")
+@click.option("--root", default="data/lake", show_default=True, help="Lake root.")
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="Table(s) to compact (default: predictions and feedback).",
+)
+def lake_optimize(root: str, tables: tuple[str, ...]) -> None:
+    """Compact small files (one per writer commit) into large ones."""
+    from edgeloop.lake import Lake
+
+    handle = Lake(root)
+    for table in tables or ("predictions", "feedback"):
+        result = handle.optimize(table)
+        if "skipped" in result:
+            click.echo(f"{table}: skipped ({result['skipped']})")
+        else:
+            click.echo(
+                f"{table}: {result.get('numFilesRemoved', 0)} files -> "
+                f"{result.get('numFilesAdded', 0)}"
+            )
+
+
+def project_config(project: Path, env: str | None) -> tuple[dict, dict]:
+    """(globals, parameters) of a Kedro project's conf, for one environment."""
+    from kedro.config import OmegaConfigLoader
+
+    if not (project / "conf" / "base").is_dir():
+        return {}, {}
+    loader = OmegaConfigLoader(
+        conf_source=str(project / "conf"),
+        base_env="base",
+        default_run_env="local",
+        env=env,
+        merge_strategy={"parameters": "soft"},
+    )
+    return dict(loader["globals"]), dict(loader["parameters"])
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Serve this model folder (weights.pt + metadata.json) instead of the "
+    "promoted model; disables hot reload.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Run without a token (local experiments only): no auth at all.",
+)
+@click.option(
+    "--project",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="The Kedro project: its conf/ gives the lake root and the tag vocabulary.",
+)
+@click.option("--env", default=None, help="Kedro environment (e.g. camvid).")
+@click.option("--lake", "lake_root", default=None, help="Lake root (overrides conf).")
+@click.option(
+    "--no-log",
+    is_flag=True,
+    help="Do not log predictions to the lake (benchmarks only).",
+)
+@click.option(
+    "--flush-seconds",
+    default=1.0,
+    show_default=True,
+    help="How often spooled records are committed to Delta.",
+)
+@click.option(
+    "--reload-seconds",
+    default=5.0,
+    show_default=True,
+    help="How often the registry is checked for a newly promoted model.",
+)
+def serve(
+    host: str,
+    port: int,
+    model_path: str | None,
+    insecure: bool,
+    project: Path,
+    env: str | None,
+    lake_root: str | None,
+    no_log: bool,
+    flush_seconds: float,
+    reload_seconds: float,
+) -> None:
+    """Serve the promoted model over HTTP (FastAPI on uvicorn).
+
+    Every prediction and its query image is spooled durably, then written to
+    the lake's `predictions` table; feedback goes to `feedback`. The token
+    comes from EDGELOOP_API_TOKEN or conf/local/credentials.yml
+    (edgeloop_api: {token: ...}); requests send `Authorization: Bearer <token>`.
+
+    \b
+    Endpoints: POST /v1/predict?mask_format=png|ls_rle (multipart field `file`),
+    POST /v1/feedback, GET /healthz, GET /v1/model, GET /metrics.
+    """
+    import logging
+
+    import uvicorn
+
+    from edgeloop.server import ServeConfig, ServeError, create_app, load_token
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    project = project.resolve()
+    globals_, params = project_config(project, env)
+    root = lake_root or globals_.get("lake_root", "data/lake")
+    if not Path(root).is_absolute() and "://" not in root:
+        root = str(project / root)
+    token = load_token(project)
+    tags = params.get("slicing", {}).get("condition_tags")
+    config = ServeConfig(
+        lake_root=root,
+        token=token,
+        insecure=insecure,
+        model_path=model_path,
+        log_predictions=not no_log,
+        flush_seconds=flush_seconds,
+        reload_seconds=reload_seconds,
+        condition_tags=tuple(tags) if tags is not None else None,
+    )
+    try:
+        app = create_app(config)
+    except ServeError as err:
+        raise click.ClickException(str(err)) from err
+    if token is None:
+        click.echo("WARNING: --insecure: the API accepts requests without a token")
+    click.echo(f"lake: {root}")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()
