@@ -1,0 +1,1 @@
+"""Batch scoring into the lake: the production stream or an unlabeled pool."""
