@@ -29,7 +29,13 @@ def test_registry_has_curated_default():
     bootstrap_project(REPO)
     assert {"ingest", "slicing", "__default__"} <= set(pipelines)
     default = {n.name for n in pipelines["__default__"].nodes}
-    assert {"ingest_images", "build_slice_table", "split_images"} <= default
+    assert {
+        "ingest_images",
+        "build_slice_table",
+        "split_images",
+        "register_trained_model",
+        "score_images",
+    } <= default
 
 
 @pytest.mark.parametrize("env", ["local", "ci", "camvid"])
@@ -194,6 +200,22 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project):
 
     row = promoted_row(Lake("data/lake").read("models"))
     assert row["model_version"] == card["model"]["version"]
+
+    # The default pipeline ends by batch-scoring the production stream.
+    report = json.loads(
+        Path("data/08_reporting/iter_0/production_report.json").read_text()
+    )
+    assert report["scored"] == 60 and report["model_version"] == row["model_version"]
+    preds = Lake("data/lake").read("predictions")
+    assert len(preds) == 60 and preds["request_id"].is_unique
+    assert set(preds["source"]) == {"batch"}
+    assert set(preds["model_version"]) == {row["model_version"]}
+    # The stream's own timestamps (several days), not the time of scoring.
+    assert preds["date"].nunique() > 1
+    assert preds["ts"].min() >= pd.Timestamp("2026-01-05", tz="UTC")
+    # Scoring the same stream again adds nothing.
+    _run("ci", ["production"])
+    assert len(Lake("data/lake").read("predictions")) == 60
 
     # Iteration 1 warm-starts from the promoted model and compares against it.
     _run("ci", ["train_iteration"], iteration=1)
