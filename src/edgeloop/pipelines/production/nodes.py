@@ -68,6 +68,7 @@ def score_images(
             "first (`kedro run` runs everything)"
         )
     model = load_model(lake, row)
+    version = model.version
     predictor = model.predictor(batch_size=int(params.get("batch_size", 16)))
     items = _list_images(root)
     if params.get("limit"):
@@ -104,9 +105,9 @@ def score_images(
             plog.record(
                 PredictionEvent(
                     request_id="batch-"
-                    + sha256(f"{model.version}:{sha256(data)}".encode())[:32],
+                    + sha256(f"{version}:{sha256(data)}".encode())[:32],
                     ts=ts or now,
-                    model_version=model.version,
+                    model_version=version,
                     iteration=int(row["iteration"]),
                     image=image,
                     mask=pred.mask,
