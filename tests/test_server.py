@@ -66,7 +66,8 @@ def _files_outside(root: Path, lake_root: Path) -> set[Path]:
 
 def test_predict_returns_png_mask_and_logs_to_the_lake(served):
     client, lake, version = served
-    resp = client.post("/v1/predict", files=_files(_png()), headers=AUTH)
+    upload = _png()
+    resp = client.post("/v1/predict", files=_files(upload), headers=AUTH)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["model_version"] == version
@@ -80,6 +81,9 @@ def test_predict_returns_png_mask_and_logs_to_the_lake(served):
     assert table["model_version"].iloc[0] == version
     stored = decode_mask(lake.get_blob(table["mask_blob"].iloc[0]))
     np.testing.assert_array_equal(stored, mask)
+    # A PNG query image is stored as it came, never re-encoded.
+    assert lake.get_blob(table["image_blob"].iloc[0]) == upload
+    assert (table["width"].iloc[0], table["height"].iloc[0]) == (40, 48)
 
 
 def test_ls_rle_masks_decode_to_the_png_mask(served):

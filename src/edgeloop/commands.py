@@ -182,7 +182,7 @@ def project_config(project: Path, env: str | None) -> tuple[dict, dict]:
 )
 @click.option(
     "--flush-seconds",
-    default=1.0,
+    default=2.0,
     show_default=True,
     help="How often spooled records are committed to Delta.",
 )

@@ -52,34 +52,51 @@ def new_request_id() -> str:
 # -- records -------------------------------------------------------------------
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 @dataclass(frozen=True)
 class PredictionEvent:
     """One prediction to log, as the request path knows it.
 
     The heavy work (PNG encoding, hashing, blob writes) happens later, in
-    `to_row`, off the request path.
+    `to_row`, off the request path. When the query image arrived as PNG,
+    `image_png` holds those bytes: they are stored as they are (the image's id
+    is their sha256), so nothing is re-encoded.
     """
 
     request_id: str
     ts: datetime
     model_version: str
     iteration: int
-    image: np.ndarray  # (H, W, 3) uint8
+    image: np.ndarray | None  # (H, W, 3) uint8; None when image_png is set
     mask: np.ndarray  # (H, W) uint8
     scores: Mapping[str, float]
     latency_ms: float
     source: str = "api"
     client: str | None = None
+    image_png: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.image is None and self.image_png is None:
+            raise ValueError("a prediction event needs the image or its PNG bytes")
+        if self.image_png is not None and not self.image_png.startswith(PNG_SIGNATURE):
+            raise ValueError("image_png must hold PNG bytes")
 
     def to_json(self) -> str:
         """A self-contained spool line (arrays zlib'd + base64'd)."""
+        image = (
+            {"png": base64.b64encode(self.image_png).decode("ascii")}
+            if self.image_png is not None
+            else _pack(self.image)
+        )
         return json.dumps(
             {
                 "request_id": self.request_id,
                 "ts": self.ts.isoformat(),
                 "model_version": self.model_version,
                 "iteration": int(self.iteration),
-                "image": _pack(self.image),
+                "image": image,
                 "mask": _pack(self.mask),
                 "scores": {k: float(v) for k, v in self.scores.items()},
                 "latency_ms": float(self.latency_ms),
@@ -92,12 +109,14 @@ class PredictionEvent:
     @classmethod
     def from_json(cls, line: str) -> PredictionEvent:
         d = json.loads(line)
+        png = d["image"].get("png")
         return cls(
             request_id=d["request_id"],
             ts=datetime.fromisoformat(d["ts"]),
             model_version=d["model_version"],
             iteration=int(d["iteration"]),
-            image=_unpack(d["image"]),
+            image=None if png is not None else _unpack(d["image"]),
+            image_png=None if png is None else base64.b64decode(png),
             mask=_unpack(d["mask"]),
             scores=d["scores"],
             latency_ms=float(d["latency_ms"]),
@@ -107,10 +126,11 @@ class PredictionEvent:
 
     def to_row(self, lake: Lake, class_names: Iterable[str]) -> dict[str, Any]:
         """Writes the image and mask blobs and returns the `predictions` row."""
-        png = encode_png(self.image)
+        png = self.image_png if self.image_png is not None else encode_png(self.image)
         image_blob = lake.put_blob(png, kind="images")
         mask_blob = lake.put_blob(encode_png(self.mask), kind="predictions")
         ts = self.ts.astimezone(UTC)
+        height, width = self.mask.shape  # the mask has the image's size
         return {
             "request_id": self.request_id,
             "ts": ts,
@@ -120,8 +140,8 @@ class PredictionEvent:
             "image_id": sha256(png),
             "image_blob": image_blob,
             "mask_blob": mask_blob,
-            "width": int(self.image.shape[1]),
-            "height": int(self.image.shape[0]),
+            "width": int(width),
+            "height": int(height),
             "mean_max_prob": self.scores.get("mean_max_prob"),
             "mean_entropy": self.scores.get("mean_entropy"),
             "mean_margin": self.scores.get("mean_margin"),

@@ -10,6 +10,7 @@ dropping a request: each request uses the model it started with.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import logging
@@ -33,6 +34,7 @@ from edgeloop.imaging import ImageDecodeError, decode_image, encode_png, image_s
 from edgeloop.lake import Lake, LakeError
 from edgeloop.predictor import Predictor
 from edgeloop.prodlog import (
+    PNG_SIGNATURE,
     LakeWriter,
     PredictionEvent,
     PredictionLog,
@@ -96,7 +98,7 @@ class ServeConfig:
     max_image_pixels: int = 4096 * 4096
     log_predictions: bool = True
     reload_seconds: float = 2.0
-    flush_seconds: float = 1.0
+    flush_seconds: float = 2.0
     condition_tags: tuple[str, ...] | None = None
     fsync: bool = True
 
@@ -298,6 +300,10 @@ class Service:
         return n
 
     def _loop(self) -> None:
+        # Lower this thread's CPU priority (Linux: per-thread nice), so moving
+        # records to Delta never competes with predictions on a busy CPU.
+        with contextlib.suppress(AttributeError, OSError):  # not Linux / not allowed
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         next_reload = time.monotonic() + self.config.reload_seconds
         while not self._stop.wait(self.config.flush_seconds):
             try:
@@ -489,7 +495,8 @@ def create_app(config: ServeConfig) -> FastAPI:
                     ts=datetime.now(UTC),
                     model_version=loaded.version,
                     iteration=loaded.iteration,
-                    image=image,
+                    image=None if data.startswith(PNG_SIGNATURE) else image,
+                    image_png=data if data.startswith(PNG_SIGNATURE) else None,
                     mask=pred.mask,
                     scores=pred.scores,
                     latency_ms=latency_ms,

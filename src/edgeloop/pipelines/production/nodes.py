@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from edgeloop.imaging import ImageDecodeError, decode_image, sha256
 from edgeloop.lake import Lake
-from edgeloop.prodlog import PredictionEvent, PredictionLog
+from edgeloop.prodlog import PNG_SIGNATURE, PredictionEvent, PredictionLog
 from edgeloop.registry import load_model, promoted_row
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ def score_images(
                     ts=ts or now,
                     model_version=version,
                     iteration=int(row["iteration"]),
-                    image=image,
+                    image=None if data.startswith(PNG_SIGNATURE) else image,
+                    image_png=data if data.startswith(PNG_SIGNATURE) else None,
                     mask=pred.mask,
                     scores=pred.scores,
                     latency_ms=per_image_ms,
