@@ -126,6 +126,33 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("client", pa.string()),
         ]
     ),
+    # What reviewers said about predictions (imported Label Studio exports).
+    "review_verdicts": pa.schema(
+        [
+            ("verdict_id", pa.string()),
+            ("request_id", pa.string()),
+            ("image_id", pa.string()),
+            ("verdict", pa.string()),  # correct | bug
+            ("tags", pa.list_(pa.string())),
+            ("comment", pa.string()),
+            ("reviewer", pa.string()),
+            ("ts", _TS),
+        ]
+    ),
+    # Edge cases tracked as bugs: an append-only event log; a bug's state is
+    # its latest row (open -> candidates -> labelled -> fixed).
+    "edge_cases": pa.schema(
+        [
+            ("event_id", pa.string()),
+            ("bug_id", pa.string()),
+            ("tag", pa.string()),
+            ("seed_image_ids", pa.list_(pa.string())),
+            ("status", pa.string()),
+            ("opened_iteration", pa.int32()),
+            ("closed_iteration", pa.int32()),
+            ("ts", _TS),
+        ]
+    ),
 }
 KEYS = {
     "images": "image_id",
@@ -133,6 +160,8 @@ KEYS = {
     "models": "model_version",
     "predictions": "request_id",
     "feedback": "feedback_id",
+    "review_verdicts": "verdict_id",
+    "edge_cases": "event_id",
 }
 # Partition columns: a dedupe on append reads only the partitions it writes to.
 PARTITIONS: dict[str, list[str]] = {"predictions": ["date"]}
