@@ -1,0 +1,739 @@
+"""Label Studio round trip for the review queue, and the edge-case (bug) log.
+
+- `review_labeling_config`: the Label Studio labeling XML reviewers work in.
+- `review_tasks`: review-queue rows plus predicted masks as Label Studio tasks.
+- `parse_review_export`: a Label Studio JSON export back into verdicts, with bad
+  tasks set aside in a quarantine frame; a malicious file raises
+  `ReviewImportError` and nothing is returned.
+- `update_edge_cases`, `current_bugs`, `advance_status`: the append-only bugs log
+  (open -> candidates -> labelled -> fixed).
+
+All pure functions over frames and dicts; the pipelines do the I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import numpy as np
+import pandas as pd
+
+from edgeloop import lsrle
+from edgeloop.review import QUEUE_COLUMNS, REVIEW_VERDICTS
+
+__all__ = [
+    "BUG_COLUMNS",
+    "BUG_STATUSES",
+    "MAX_TASKS",
+    "QUARANTINE_COLUMNS",
+    "VERDICT_COLUMNS",
+    "ReviewImportError",
+    "advance_status",
+    "current_bugs",
+    "parse_review_export",
+    "review_labeling_config",
+    "review_tasks",
+    "update_edge_cases",
+]
+
+# Control names shared by the labeling config, the tasks and the export parser.
+IMAGE, MASK, VERDICT, CONDITION, COMMENT = (
+    "image",
+    "mask",
+    "verdict",
+    "condition",
+    "comment",
+)
+OTHER_TAG = "other"
+MAX_TASKS = 100_000
+VERDICT_COLUMNS = [
+    "verdict_id",
+    "request_id",
+    "image_id",
+    "verdict",
+    "tags",
+    "comment",
+    "reviewer",
+    "ts",
+]
+QUARANTINE_COLUMNS = ["task_id", "reason"]
+BUG_STATUSES = ("open", "candidates", "labelled", "fixed")
+BUG_COLUMNS = [
+    "event_id",
+    "bug_id",
+    "tag",
+    "seed_image_ids",
+    "status",
+    "opened_iteration",
+    "closed_iteration",
+    "ts",
+]
+_VERDICT_HINTS = {
+    "correct": "The prediction is right (small slips at edges are fine).",
+    "bug": "Edge case (bug): the model is wrong here in a way worth fixing.",
+}
+
+
+class ReviewImportError(ValueError):
+    """A Label Studio export is malformed or malicious; nothing of it is used."""
+
+
+# -- labeling config -------------------------------------------------------------
+
+
+def _hex_colour(colour: Any, *, name: str) -> str:
+    if isinstance(colour, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", colour):
+        return colour.lower()
+    try:
+        rgb = [int(c) for c in colour]
+    except (TypeError, ValueError):
+        rgb = []
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"{name} must be an RGB triple or '#rrggbb', got {colour!r}")
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def _check_names(names: Sequence[str], *, name: str) -> list[str]:
+    if isinstance(names, str):
+        raise ValueError(f"{name} must be a sequence of strings, got a string")
+    out = list(names)
+    bad = [n for n in out if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"{name} must be non-empty strings, got {bad}")
+    dup = sorted({n for n in out if out.count(n) > 1})
+    if dup:
+        raise ValueError(f"{name} has duplicates: {dup}")
+    return out
+
+
+def review_labeling_config(
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int] | str],
+    condition_tags: Sequence[str],
+) -> str:
+    """The Label Studio labeling config (XML) for reviewing predictions.
+
+    Controls: `mask` (BrushLabels, one label per class), `verdict` (single
+    choice, `correct` or `bug`, required), `condition` (multiple choice over
+    `condition_tags` plus `other`) and `comment` (one free-text answer). The
+    task's `reasons` and `details` are shown above the image.
+
+    Args:
+        class_names: Class names, in class-id order.
+        palette: One RGB triple or '#rrggbb' per class.
+        condition_tags: The condition vocabulary (e.g. slicing.condition_tags).
+
+    Raises:
+        ValueError: empty or duplicate names, or palette/class count mismatch.
+    """
+    names = _check_names(class_names, name="class_names")
+    if not names:
+        raise ValueError("class_names is empty: the brush needs at least one class")
+    colours = list(palette)
+    if len(colours) != len(names):
+        raise ValueError(
+            f"palette must have one colour per class: {len(names)} classes, "
+            f"{len(colours)} colours"
+        )
+    tags = _check_names(condition_tags, name="condition_tags")
+    if OTHER_TAG not in tags:
+        tags.append(OTHER_TAG)
+
+    view = ET.Element("View")
+    ET.SubElement(view, "Header", value="Why this was picked")
+    ET.SubElement(view, "Text", name="reasons", value="$reasons")
+    ET.SubElement(view, "Text", name="details", value="$details")
+    ET.SubElement(view, "Image", name=IMAGE, value="$image", zoom="true")
+    brush = ET.SubElement(view, "BrushLabels", name=MASK, toName=IMAGE)
+    for i, (label, colour) in enumerate(zip(names, colours, strict=True)):
+        ET.SubElement(
+            brush,
+            "Label",
+            value=label,
+            background=_hex_colour(colour, name=f"palette[{i}]"),
+        )
+    ET.SubElement(view, "Header", value="Verdict")
+    verdict = ET.SubElement(
+        view,
+        "Choices",
+        name=VERDICT,
+        toName=IMAGE,
+        choice="single",
+        required="true",
+    )
+    for value in REVIEW_VERDICTS:
+        ET.SubElement(verdict, "Choice", value=value, hint=_VERDICT_HINTS[value])
+    ET.SubElement(view, "Header", value="Conditions")
+    condition = ET.SubElement(
+        view, "Choices", name=CONDITION, toName=IMAGE, choice="multiple"
+    )
+    for tag in tags:
+        ET.SubElement(condition, "Choice", value=tag)
+    ET.SubElement(view, "TextArea", name=COMMENT, toName=IMAGE, maxSubmissions="1")
+    ET.indent(view)
+    xml = ET.tostring(view, encoding="unicode")
+    ET.fromstring(xml)  # the escaping round-trips; fail here, not in Label Studio
+    return xml
+
+
+# -- tasks -----------------------------------------------------------------------
+
+
+def _short_id(*parts: object) -> str:
+    """A stable 10-character id (Label Studio region ids are short strings)."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:10]
+
+
+def _as_list(value: Any) -> list:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def review_tasks(
+    queue: pd.DataFrame,
+    masks: Mapping[str, np.ndarray],
+    *,
+    image_urls: Mapping[str, str],
+    class_names: Sequence[str],
+    model_version: str,
+    scores: Mapping[str, float] | None = None,
+    class_ids: Sequence[int] | None = None,
+) -> list[dict]:
+    """Label Studio tasks, one per review-queue row, with the predicted mask.
+
+    Args:
+        queue: The review queue (`edgeloop.review.QUEUE_COLUMNS`).
+        masks: request_id -> (H, W) integer class-id mask.
+        image_urls: request_id -> the URL Label Studio loads the image from.
+        class_names: Class names, in class-id order.
+        model_version: Shown in Label Studio next to the prediction.
+        scores: request_id -> prediction score (e.g. mean max prob); optional.
+        class_ids: The mask value of each class; defaults to 0..K-1. Other
+            values (the ignore index) are left out of the prediction.
+
+    Returns:
+        Tasks for Label Studio's import: `data` (image, request_id, image_id,
+        reasons, details, ts) and one prediction with one `brushlabels` result
+        per class present in the mask.
+
+    Raises:
+        ValueError: missing columns, masks or URLs; a mask that is not 2-D.
+    """
+    missing_cols = [c for c in QUEUE_COLUMNS if c not in queue.columns]
+    if missing_cols:
+        raise ValueError(
+            f"queue lacks column(s) {missing_cols}; it has {list(queue.columns)}"
+        )
+    names = _check_names(class_names, name="class_names")
+    ids = list(range(len(names))) if class_ids is None else [int(i) for i in class_ids]
+    if len(ids) != len(names):
+        raise ValueError(
+            f"class_ids must have one id per class: {len(names)} names, {len(ids)} ids"
+        )
+    request_ids = [str(r) for r in queue["request_id"]]
+    for what, mapping in (("masks", masks), ("image_urls", image_urls)):
+        lacking = [r for r in request_ids if r not in mapping]
+        if lacking:
+            raise ValueError(
+                f"{what} lacks {len(lacking)} queued request_id(s), e.g. {lacking[:5]}"
+            )
+
+    tasks = []
+    for rid, row in zip(request_ids, queue.itertuples(index=False), strict=True):
+        mask = np.asarray(masks[rid])
+        if mask.ndim != 2 or mask.size == 0:
+            raise ValueError(
+                f"masks[{rid!r}] must be a non-empty (H, W) array, got {mask.shape}"
+            )
+        h, w = mask.shape
+        present = set(np.unique(mask).tolist())
+        result = [
+            {
+                "id": _short_id(rid, name),
+                "from_name": MASK,
+                "to_name": IMAGE,
+                "type": "brushlabels",
+                "original_width": int(w),
+                "original_height": int(h),
+                "image_rotation": 0,
+                "value": {
+                    "format": "rle",
+                    "rle": lsrle.encode(mask == k),
+                    "brushlabels": [name],
+                },
+            }
+            for k, name in zip(ids, names, strict=True)
+            if k in present
+        ]
+        prediction: dict[str, Any] = {"model_version": model_version, "result": result}
+        if scores is not None and rid in scores:
+            prediction["score"] = float(scores[rid])
+        ts = pd.Timestamp(row.ts)
+        tasks.append(
+            {
+                "data": {
+                    IMAGE: image_urls[rid],
+                    "request_id": rid,
+                    "image_id": str(row.image_id),
+                    "ts": None if pd.isna(ts) else ts.isoformat(),
+                    "reasons": ", ".join(map(str, _as_list(row.reasons))),
+                    "details": "; ".join(map(str, _as_list(row.details))),
+                },
+                "predictions": [prediction],
+            }
+        )
+    return tasks
+
+
+# -- export parsing --------------------------------------------------------------
+
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+def _decoded_forms(text: str) -> list[str]:
+    """The text and its percent-decodings, up to a fixed point (%252e -> %2e -> .)."""
+    forms = [text]
+    for _ in range(5):
+        nxt = unquote(forms[-1])
+        if nxt == forms[-1]:
+            break
+        forms.append(nxt)
+    return forms
+
+
+def _is_absolute_path(text: str) -> bool:
+    return (
+        text.startswith(("/", "\\", "~"))
+        or bool(_DRIVE.match(text))
+        or text.lower().startswith("file:")
+    )
+
+
+def _check_image_url(url: str, prefixes: Sequence[str], *, task_id: Any) -> None:
+    """Raises ReviewImportError when `url` could reach outside the allowed places."""
+    where = f"task {task_id}: data.image {url[:200]!r}"
+    for form in _decoded_forms(url):
+        if any(ord(c) < 32 for c in form):
+            raise ReviewImportError(f"{where} contains control characters")
+        if ".." in re.split(r"[\\/?&=#;]", form):
+            raise ReviewImportError(f"{where} contains path traversal ('..')")
+    if not url.startswith(tuple(prefixes)):
+        if any(_is_absolute_path(f) for f in _decoded_forms(url)):
+            raise ReviewImportError(f"{where} is an absolute filesystem path")
+        raise ReviewImportError(
+            f"{where} does not start with an allowed prefix {list(prefixes)}"
+        )
+    # Label Studio local files: /data/local-files/?d=<path>; the path must be
+    # relative to the storage root.
+    for _, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if any(_is_absolute_path(f) for f in _decoded_forms(value)):
+            raise ReviewImportError(
+                f"{where} has an absolute filesystem path in its query"
+            )
+
+
+def _load_export(export: list[dict] | str | bytes) -> list:
+    if isinstance(export, str | bytes):
+        try:
+            export = json.loads(export)
+        except ValueError as err:
+            raise ReviewImportError(f"export is not valid JSON: {err}") from None
+    if not isinstance(export, list):
+        raise ReviewImportError(
+            "export must be a JSON list of tasks (Label Studio's JSON export), "
+            f"got {type(export).__name__}"
+        )
+    if len(export) > MAX_TASKS:
+        raise ReviewImportError(
+            f"export has {len(export)} tasks, more than the limit of {MAX_TASKS}"
+        )
+    for i, task in enumerate(export):
+        if not isinstance(task, dict):
+            raise ReviewImportError(
+                f"export[{i}] must be a task object, got {type(task).__name__}"
+            )
+        task_id = task.get("id")
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            raise ReviewImportError(f"export[{i}] has no integer task id: {task_id!r}")
+        if not isinstance(task.get("data"), dict):
+            raise ReviewImportError(f"task {task_id}: data must be an object")
+        if not isinstance(task.get("annotations", []), list):
+            raise ReviewImportError(f"task {task_id}: annotations must be a list")
+    return export
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    """A UTC timestamp; naive values are taken as UTC, like the lake writes them."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _annotation_time(ann: dict) -> pd.Timestamp | None:
+    for key in ("updated_at", "created_at"):
+        value = ann.get(key)
+        if value:
+            try:
+                ts = _utc(value)
+            except (TypeError, ValueError):
+                return None
+            return None if pd.isna(ts) else ts
+    return None
+
+
+def _reviewer(completed_by: Any) -> str | None:
+    if isinstance(completed_by, dict):
+        email = completed_by.get("email")
+        if isinstance(email, str) and email:
+            return email
+        completed_by = completed_by.get("id")
+    if isinstance(completed_by, int) and not isinstance(completed_by, bool):
+        return f"user-{completed_by}"
+    if isinstance(completed_by, str) and completed_by:
+        return completed_by
+    return None
+
+
+def _controls(result: list) -> dict[str, list[str]]:
+    """from_name -> the choices or texts it answered (brush results are skipped)."""
+    out: dict[str, list[str]] = {}
+    for item in result:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            continue
+        value = item["value"]
+        answers = value.get("choices", value.get("text"))
+        if isinstance(answers, list):
+            out.setdefault(str(item.get("from_name")), []).extend(map(str, answers))
+    return out
+
+
+def _latest_annotation(annotations: list) -> dict | None:
+    done = [
+        a
+        for a in annotations
+        if isinstance(a, dict) and not a.get("was_cancelled", False)
+    ]
+    if not done:
+        return None
+
+    def key(a: dict) -> tuple:
+        ts = _annotation_time(a)
+        aid = a.get("id")
+        return (
+            ts is not None,
+            ts if ts is not None else pd.Timestamp(0, tz="UTC"),
+            aid if isinstance(aid, int) else -1,
+        )
+
+    return max(done, key=key)
+
+
+def _verdict_row(task: dict, vocabulary: set[str]) -> tuple[dict | None, str | None]:
+    """One verdict row for a task, or the reason it is quarantined."""
+    data = task["data"]
+    for key in ("request_id", "image_id"):
+        value = data.get(key)
+        if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
+            return None, f"data.{key} is missing or empty"
+    if IMAGE not in data:
+        return None, "data.image is missing"
+    ann = _latest_annotation(task.get("annotations", []))
+    if ann is None:
+        return None, "no annotation (none submitted, or all cancelled)"
+    ann_id = ann.get("id")
+    if isinstance(ann_id, bool) or not isinstance(ann_id, int):
+        return None, f"annotation has no integer id: {ann_id!r}"
+    result = ann.get("result")
+    if not isinstance(result, list):
+        return None, f"annotation {ann_id}: result is not a list"
+    controls = _controls(result)
+    verdicts = controls.get(VERDICT, [])
+    if not verdicts:
+        return None, f"annotation {ann_id}: no verdict chosen"
+    if len(verdicts) > 1:
+        return None, f"annotation {ann_id}: several verdicts {verdicts}"
+    if verdicts[0] not in REVIEW_VERDICTS:
+        return None, (
+            f"annotation {ann_id}: unknown verdict {verdicts[0]!r}; "
+            f"valid: {list(REVIEW_VERDICTS)}"
+        )
+    tags = sorted(set(controls.get(CONDITION, [])))
+    unknown = [t for t in tags if t not in vocabulary]
+    if unknown:
+        return None, (
+            f"annotation {ann_id}: condition tag(s) {unknown} not in the vocabulary"
+        )
+    ts = _annotation_time(ann)
+    if ts is None:
+        return None, f"annotation {ann_id}: missing or unreadable updated_at/created_at"
+    reviewer = _reviewer(ann.get("completed_by"))
+    if reviewer is None:
+        return None, f"annotation {ann_id}: completed_by is missing"
+    comment = "\n".join(t for t in controls.get(COMMENT, []) if t.strip()) or None
+    row = {
+        "verdict_id": f"ls-{task['id']}-{ann_id}",
+        "request_id": str(data["request_id"]),
+        "image_id": str(data["image_id"]),
+        "verdict": verdicts[0],
+        "tags": tags,
+        "comment": comment,
+        "reviewer": reviewer,
+        "ts": ts,
+    }
+    return row, None
+
+
+def parse_review_export(
+    export: list[dict] | str | bytes,
+    *,
+    vocabulary: Sequence[str],
+    allowed_url_prefixes: Sequence[str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Verdicts from a Label Studio JSON export, and the tasks set aside.
+
+    Each task gives its latest non-cancelled annotation (by updated_at, then
+    created_at, then annotation id). Brush corrections are not read here.
+
+    Args:
+        export: The export, parsed or as JSON text.
+        vocabulary: The allowed condition tags (`other` is always allowed).
+        allowed_url_prefixes: Where `data.image` may point, e.g.
+            ["/data/local-files/?d=", "s3://edgeloop-review/"]. End each with
+            "/" or "=" so that "https://host" cannot match "https://host.evil".
+
+    Returns:
+        (verdicts, quarantine): verdicts has `VERDICT_COLUMNS` (ts in UTC);
+        quarantine has `QUARANTINE_COLUMNS`, one row per bad task, with the reason.
+
+    Raises:
+        ReviewImportError: the whole file is rejected: not a JSON list, more than
+            `MAX_TASKS` tasks, a malformed task, or an image URL with path
+            traversal, an absolute path or an unknown prefix.
+    """
+    prefixes = [p for p in allowed_url_prefixes if isinstance(p, str) and p]
+    if isinstance(allowed_url_prefixes, str) or not prefixes:
+        raise ValueError(
+            "allowed_url_prefixes must be a non-empty list of non-empty strings, "
+            f"got {allowed_url_prefixes!r}"
+        )
+    vocab = set(_check_names(vocabulary, name="vocabulary")) | {OTHER_TAG}
+    tasks = _load_export(export)
+    # Security checks first, over every task, so a bad file yields nothing.
+    for task in tasks:
+        image = task["data"].get(IMAGE)
+        if image is None:
+            continue
+        if not isinstance(image, str):
+            raise ReviewImportError(
+                f"task {task['id']}: data.image must be a string, "
+                f"got {type(image).__name__}"
+            )
+        _check_image_url(image, prefixes, task_id=task["id"])
+
+    rows, bad, seen = [], [], set()
+    for task in tasks:
+        if task["id"] in seen:
+            bad.append({"task_id": task["id"], "reason": "duplicate task id"})
+            continue
+        seen.add(task["id"])
+        row, reason = _verdict_row(task, vocab)
+        if row is None:
+            bad.append({"task_id": task["id"], "reason": reason})
+        else:
+            rows.append(row)
+    verdicts = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+    verdicts["ts"] = pd.to_datetime(verdicts["ts"], utc=True)
+    # pandas reads a missing comment as NaN; keep None for the lake's nulls.
+    verdicts["comment"] = verdicts["comment"].astype(object)
+    verdicts.loc[verdicts["comment"].isna(), "comment"] = None
+    quarantine = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS)
+    return verdicts, quarantine
+
+
+# -- edge cases (bugs) -----------------------------------------------------------
+
+_EVENT_SEQ = re.compile(r"#(\d+)-[a-z]+$")
+
+
+def _empty_bugs() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in BUG_COLUMNS})
+
+
+def _event_seq(event_id: str) -> int:
+    match = _EVENT_SEQ.search(str(event_id))
+    if match is None:
+        raise ValueError(f"bugs.event_id {event_id!r} is not '<bug_id>#<seq>-<status>'")
+    return int(match.group(1))
+
+
+def _event(
+    bug: Mapping[str, Any],
+    seq: int,
+    *,
+    status: str,
+    seeds: list[str],
+    now: Any,
+    closed: int | None = None,
+) -> dict:
+    return {
+        "event_id": f"{bug['bug_id']}#{seq:04d}-{status}",
+        "bug_id": bug["bug_id"],
+        "tag": bug["tag"],
+        "seed_image_ids": sorted(seeds),
+        "status": status,
+        "opened_iteration": int(bug["opened_iteration"]),
+        "closed_iteration": closed,
+        "ts": _utc(now),
+    }
+
+
+def _check_bugs(bugs: pd.DataFrame | None) -> pd.DataFrame:
+    if bugs is None or (len(bugs) == 0 and not set(BUG_COLUMNS) <= set(bugs.columns)):
+        return _empty_bugs()
+    missing = [c for c in BUG_COLUMNS if c not in bugs.columns]
+    if missing:
+        raise ValueError(f"bugs lacks column(s) {missing}; it has {list(bugs.columns)}")
+    return bugs
+
+
+def current_bugs(bugs: pd.DataFrame) -> pd.DataFrame:
+    """The latest event per bug_id: each bug's current status and seeds."""
+    bugs = _check_bugs(bugs)
+    if bugs.empty:
+        return _empty_bugs()
+    seq = bugs["event_id"].map(_event_seq)
+    latest = (
+        bugs.assign(_seq=seq)
+        .sort_values(["bug_id", "_seq"], kind="stable")
+        .drop_duplicates("bug_id", keep="last")
+    )
+    return latest.drop(columns="_seq").reset_index(drop=True)
+
+
+def _next_seq(bugs: pd.DataFrame, bug_id: str) -> int:
+    own = bugs.loc[bugs["bug_id"] == bug_id, "event_id"]
+    return max((_event_seq(e) for e in own), default=0) + 1
+
+
+def update_edge_cases(
+    bugs: pd.DataFrame | None,
+    verdicts: pd.DataFrame,
+    *,
+    iteration: int,
+    now: Any,
+) -> pd.DataFrame:
+    """New bugs-log events for the `bug` verdicts; append them to the log.
+
+    Each tag of a `bug` verdict (`other` when it has none) opens a bug
+    `bug-<tag>-<iteration>`, or, when a bug with that tag is not yet `fixed`,
+    adds the verdict's image to that bug's seeds (a new event with the union).
+    A request reviewed more than once counts with its latest verdict. Reruns
+    with the same verdicts add nothing.
+
+    Returns:
+        Only the new event rows (`BUG_COLUMNS`), possibly empty.
+    """
+    bugs = _check_bugs(bugs)
+    missing = [
+        c
+        for c in ("request_id", "image_id", "verdict", "tags", "ts")
+        if c not in verdicts.columns
+    ]
+    if missing:
+        raise ValueError(
+            f"verdicts lacks column(s) {missing}; it has {list(verdicts.columns)}"
+        )
+    if isinstance(iteration, bool) or not isinstance(iteration, int | np.integer):
+        raise ValueError(f"iteration must be an integer, got {iteration!r}")
+    latest = (
+        verdicts.assign(_ts=pd.to_datetime(verdicts["ts"], utc=True))
+        .sort_values(["_ts", *(["verdict_id"] if "verdict_id" in verdicts else [])])
+        .drop_duplicates("request_id", keep="last")
+    )
+    seeds_by_tag: dict[str, set[str]] = {}
+    for row in latest[latest["verdict"] == "bug"].itertuples(index=False):
+        for tag in _as_list(row.tags) or [OTHER_TAG]:
+            seeds_by_tag.setdefault(str(tag), set()).add(str(row.image_id))
+
+    current = current_bugs(bugs)
+    events = []
+    for tag in sorted(seeds_by_tag):
+        live = current[(current["tag"] == tag) & (current["status"] != "fixed")]
+        if len(live):
+            bug = live.sort_values("opened_iteration").iloc[-1]
+            seeds = set(_as_list(bug["seed_image_ids"]))
+            union = seeds | seeds_by_tag[tag]
+            if union != seeds:
+                events.append(
+                    _event(
+                        bug,
+                        _next_seq(bugs, bug["bug_id"]),
+                        status=bug["status"],
+                        seeds=list(union),
+                        now=now,
+                    )
+                )
+            continue
+        bug_id, n = f"bug-{tag}-{int(iteration)}", 1
+        while (bugs["bug_id"] == bug_id).any():  # reopened in the same iteration
+            n += 1
+            bug_id = f"bug-{tag}-{int(iteration)}-{n}"
+        bug = {"bug_id": bug_id, "tag": tag, "opened_iteration": int(iteration)}
+        events.append(
+            _event(bug, 1, status="open", seeds=list(seeds_by_tag[tag]), now=now)
+        )
+    return pd.DataFrame(events, columns=BUG_COLUMNS) if events else _empty_bugs()
+
+
+def advance_status(
+    bugs: pd.DataFrame, bug_id: str, status: str, *, iteration: int, now: Any
+) -> pd.DataFrame:
+    """The one event that moves `bug_id` one step along its life cycle.
+
+    The order is open -> candidates -> labelled -> fixed; `fixed` sets
+    closed_iteration to `iteration`.
+
+    Raises:
+        ValueError: an unknown bug or status, or a move that skips a step, goes
+            back or stays put.
+    """
+    if status not in BUG_STATUSES:
+        raise ValueError(f"unknown status {status!r}; valid: {list(BUG_STATUSES)}")
+    current = current_bugs(bugs)
+    match = current[current["bug_id"] == bug_id]
+    if match.empty:
+        raise ValueError(
+            f"unknown bug_id {bug_id!r}; known: {sorted(current['bug_id'])[:20]}"
+        )
+    bug = match.iloc[0]
+    here = BUG_STATUSES.index(bug["status"])
+    there = BUG_STATUSES.index(status)
+    if there != here + 1:
+        nxt = BUG_STATUSES[here + 1] if here + 1 < len(BUG_STATUSES) else None
+        raise ValueError(
+            f"bug {bug_id!r} cannot move from {bug['status']!r} to {status!r}; "
+            + (f"the next status is {nxt!r}" if nxt else "it is already fixed")
+        )
+    if int(iteration) < int(bug["opened_iteration"]):
+        raise ValueError(
+            f"iteration {iteration} is before bug {bug_id!r} was opened "
+            f"(iteration {bug['opened_iteration']})"
+        )
+    event = _event(
+        bug,
+        _next_seq(bugs, bug_id),
+        status=status,
+        seeds=_as_list(bug["seed_image_ids"]),
+        now=now,
+        closed=int(iteration) if status == "fixed" else None,
+    )
+    return pd.DataFrame([event], columns=BUG_COLUMNS)
