@@ -530,6 +530,8 @@ def model_health(
                 f"verdicts.verdict must be one of {REVIEW_VERDICTS}, "
                 f"got {bad or [None]}"
             )
+        if "ts" in verdicts.columns:
+            verdicts = verdicts.sort_values("ts", kind="stable")
         last = verdicts.drop_duplicates("request_id", keep="last")
         reviewed = last.merge(
             preds.assign(hour=hour)[["request_id", "hour"]].drop_duplicates(
@@ -537,13 +539,10 @@ def model_health(
             ),
             on="request_id",
         )
-        counts = reviewed.groupby("hour")["verdict"]
+        by_hour = reviewed.assign(is_bug=reviewed["verdict"].eq("bug").astype(int))
+        counts = by_hour.groupby("hour")["is_bug"]
         health["reviewed"] = counts.size().reindex(hours, fill_value=0).astype(int)
-        health["bugs"] = (
-            counts.agg(lambda v: int((v == "bug").sum()))
-            .reindex(hours, fill_value=0)
-            .astype(int)
-        )
+        health["bugs"] = counts.sum().reindex(hours, fill_value=0).astype(int)
         health["error_rate"] = health["bugs"] / health["reviewed"].where(
             health["reviewed"] > 0
         )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 from matplotlib.figure import Figure
 
+from edgeloop.classmap import ClassMap
+from edgeloop.imaging import decode_mask
 from edgeloop.lake import Lake
 from edgeloop.prodlog import predictions_between
 from edgeloop.review import (
@@ -18,6 +22,15 @@ from edgeloop.review import (
     health_figure,
     model_health,
     summary,
+)
+from edgeloop.review_tasks import (
+    QUARANTINE_COLUMNS,
+    VERDICT_COLUMNS,
+    ReviewImportError,
+    parse_review_export,
+    review_labeling_config,
+    review_tasks,
+    update_edge_cases,
 )
 
 log = logging.getLogger(__name__)
@@ -83,7 +96,7 @@ def build_review(
         received &= feedback["ts"] < pd.Timestamp(end)
     feedback = feedback[received | feedback["request_id"].isin(preds["request_id"])]
     queue = build_review_queue(preds, feedback, config)
-    health = model_health(preds)
+    health = model_health(preds, lake.read("review_verdicts"))
     info = {
         **summary(queue),
         "predictions": len(preds),
@@ -102,3 +115,173 @@ def build_review(
         ", ".join(f"{k} {v}" for k, v in info["per_reason"].items()),
     )
     return queue, info, health, health_figure(health)
+
+
+# -- Label Studio round trip: review tasks out, verdicts in -----------------------
+
+
+def _export_files(folder: Path) -> list[Path]:
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        raise ValueError(f"review.import.exports_dir {str(folder)!r} is not a folder")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json")
+
+
+def import_review_verdicts(
+    lake: Lake,
+    review: Mapping[str, Any],
+    slicing: Mapping[str, Any],
+    iteration: int,
+) -> tuple[dict[str, Any], pd.DataFrame, Lake]:
+    """Reads every Label Studio review export in `review.import.exports_dir`.
+
+    Every file is parsed and checked before anything is written: a malicious
+    file (path traversal, absolute paths, URLs outside the allowed prefixes,
+    oversize) fails the run and nothing is stored. Bad tasks go to the
+    quarantine with a reason; the good verdicts go to `review_verdicts` in one
+    commit, and `bug` verdicts open or extend bugs in `edge_cases`. Re-importing
+    the same exports adds nothing.
+
+    Returns:
+        (report, quarantine, lake): the lake once verdicts and bugs are in.
+    """
+    settings = review.get("import") or {}
+    folder = Path(settings.get("exports_dir", "data/01_raw/review_exports"))
+    prefixes = settings.get("allowed_url_prefixes") or [
+        (review.get("tasks") or {}).get("url_prefix", "/data/local-files/?d=")
+    ]
+    vocabulary = list(slicing.get("condition_tags") or [])
+    files = _export_files(folder)
+    parsed, quarantined = [], []
+    for path in files:
+        try:
+            verdicts, quarantine = parse_review_export(
+                path.read_bytes(),
+                vocabulary=vocabulary,
+                allowed_url_prefixes=prefixes,
+            )
+        except ReviewImportError as err:
+            raise ReviewImportError(
+                f"{path}: rejected whole, nothing imported: {err}"
+            ) from err
+        parsed.append(verdicts)
+        quarantined.append(quarantine.assign(file=str(path)))
+    verdicts = (
+        pd.concat(parsed, ignore_index=True)
+        if parsed
+        else pd.DataFrame(columns=VERDICT_COLUMNS)
+    )
+    quarantine = (
+        pd.concat(quarantined, ignore_index=True)
+        if quarantined
+        else pd.DataFrame(columns=[*QUARANTINE_COLUMNS, "file"])
+    )
+    verdicts_version = (
+        lake.append("review_verdicts", verdicts) if len(verdicts) else None
+    )
+    events = update_edge_cases(
+        lake.read("edge_cases"),
+        lake.read("review_verdicts"),
+        iteration=int(iteration),
+        now=datetime.now(UTC),
+    )
+    bugs_version = lake.append("edge_cases", events) if len(events) else None
+    report = {
+        "exports_dir": str(folder),
+        "files": [str(p) for p in files],
+        "verdicts": len(verdicts),
+        "bugs_flagged": int((verdicts["verdict"] == "bug").sum())
+        if len(verdicts)
+        else 0,
+        "quarantined": len(quarantine),
+        "review_verdicts_version": verdicts_version,
+        "bug_events": len(events),
+        "new_bugs": sorted(events.loc[events["status"] == "open", "bug_id"].unique()),
+        "edge_cases_version": bugs_version,
+    }
+    if files:
+        log.info(
+            "imported %d review verdict(s) from %d export(s) (%d quarantined); "
+            "%d bug event(s)",
+            len(verdicts),
+            len(files),
+            len(quarantine),
+            len(events),
+        )
+    else:
+        log.info("no review exports under %s: nothing to import", folder)
+    return report, quarantine, lake
+
+
+def _url(blob: str, lake: Lake, document_root: Path, prefix: str) -> str:
+    """The Label Studio local-files URL of a lake blob (relative to its root)."""
+    path = Path(lake.root) / blob
+    try:
+        rel = path.resolve().relative_to(document_root.resolve())
+    except ValueError as err:
+        raise ValueError(
+            f"review.tasks.document_root {str(document_root)!r} does not contain "
+            f"the lake blob {str(path)!r}: Label Studio could not serve it"
+        ) from err
+    return prefix + quote(rel.as_posix(), safe="/")
+
+
+def export_review_tasks(
+    lake: Lake,
+    queue: pd.DataFrame,
+    review: Mapping[str, Any],
+    classes: Mapping[str, Any],
+    slicing: Mapping[str, Any],
+) -> tuple[list[dict], str]:
+    """The review queue as Label Studio tasks, plus the labeling config XML.
+
+    Images are served by Label Studio's local-files storage: start it with
+    `LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true` and
+    `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<review.tasks.document_root>`.
+    """
+    settings = review.get("tasks") or {}
+    prefix = settings.get("url_prefix", "/data/local-files/?d=")
+    root = Path(settings.get("document_root", "."))
+    cm = ClassMap.from_params(classes)
+    config = review_labeling_config(
+        cm.names, cm.palette, list(slicing.get("condition_tags") or [])
+    )
+    if queue.empty:
+        return [], config
+    preds = lake.read(
+        "predictions",
+        columns=[
+            "request_id",
+            "image_blob",
+            "mask_blob",
+            "model_version",
+            "mean_max_prob",
+        ],
+    ).drop_duplicates("request_id")
+    rows = queue.merge(preds, on="request_id", how="left")
+    lost = rows.loc[rows["image_blob"].isna(), "request_id"].tolist()
+    if lost:
+        raise ValueError(
+            f"{len(lost)} review-queue request(s) are not in the predictions table, "
+            f"e.g. {lost[:3]}"
+        )
+    masks = {
+        r.request_id: decode_mask(lake.get_blob(r.mask_blob)) for r in rows.itertuples()
+    }
+    urls = {
+        r.request_id: _url(r.image_blob, lake, root, prefix) for r in rows.itertuples()
+    }
+    scores = dict(zip(rows["request_id"], rows["mean_max_prob"], strict=True))
+    versions = sorted(rows["model_version"].unique())
+    tasks = review_tasks(
+        queue,
+        masks,
+        image_urls=urls,
+        class_names=cm.names,
+        class_ids=cm.ids,
+        model_version=versions[-1] if len(versions) == 1 else ",".join(versions),
+        scores=scores,
+    )
+    log.info("exported %d review task(s) for Label Studio", len(tasks))
+    return tasks, config

@@ -1,16 +1,26 @@
-"""The review pipeline: sample predictions for people to check."""
+"""The review pipeline: import verdicts, sample predictions for people to check."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from edgeloop.pipelines.review.nodes import build_review
+from edgeloop.pipelines.review.nodes import (
+    build_review,
+    export_review_tasks,
+    import_review_verdicts,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
         [
             node(
+                import_review_verdicts,
+                inputs=["lake", "params:review", "params:slicing", "params:iteration"],
+                outputs=["review_import_report", "review_quarantine", "lake_reviewed"],
+                name="import_review_verdicts",
+            ),
+            node(
                 build_review,
-                inputs=["lake", "params:review"],
+                inputs=["lake_reviewed", "params:review"],
                 outputs=[
                     "review_queue",
                     "review_summary",
@@ -18,6 +28,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "model_health_plot",
                 ],
                 name="build_review",
-            )
+            ),
+            node(
+                export_review_tasks,
+                inputs=[
+                    "lake_reviewed",
+                    "review_queue",
+                    "params:review",
+                    "params:classes",
+                    "params:slicing",
+                ],
+                outputs=["review_tasks", "review_labeling_config"],
+                name="export_review_tasks",
+            ),
         ]
     )

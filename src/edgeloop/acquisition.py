@@ -1,0 +1,302 @@
+"""Acquisition: which unlabeled images go to labeling next, and why.
+
+Three strategies over the same pool, so the simulation compares them fairly:
+
+- `random`: uniform picks from the unlabeled pool.
+- `entropy`: the top-k least confident (by `uncertainty_score`).
+- `hitl`: the loop. KNN candidates of open bugs first (round robin over bugs,
+  nearest first), then confidence checks with at most `cluster_cap` per cluster,
+  then random checks. A stage that cannot fill its share passes the rest on.
+
+All pure functions over frames; the pipeline does the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "LABELING_QUEUE_COLUMNS",
+    "STRATEGIES",
+    "AcquisitionConfig",
+    "select_for_labeling",
+    "unlabeled_pool",
+]
+
+STRATEGIES = ("random", "entropy", "hitl")
+LABELING_QUEUE_COLUMNS = [
+    "rank",
+    "image_id",
+    "request_id",
+    "image_blob",
+    "reason",
+    "detail",
+    "score",
+]
+# Score -> True when higher means more doubtful.
+_DOUBT_DIRECTION = {
+    "mean_entropy": True,
+    "low_conf_frac": True,
+    "mean_max_prob": False,
+    "mean_margin": False,
+}
+
+
+@dataclass(frozen=True)
+class AcquisitionConfig:
+    """The `acquisition` parameters, checked once."""
+
+    strategy: str = "hitl"
+    budget: int = 50
+    seed: int = 0
+    uncertainty_score: str = "mean_entropy"
+    bugs_share: float = 0.5
+    confidence_share: float = 0.3
+    random_share: float = 0.2
+    cluster_cap: int = 3
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> AcquisitionConfig:
+        hitl = params.get("hitl") or {}
+        known = {"strategy", "budget", "seed", "uncertainty_score", "hitl"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(
+                f"acquisition: unknown key(s) {unknown}; valid: {sorted(known)}"
+            )
+        cfg = cls(
+            strategy=str(params.get("strategy", cls.strategy)),
+            budget=int(params.get("budget", cls.budget)),
+            seed=int(params.get("seed", cls.seed)),
+            uncertainty_score=str(
+                params.get("uncertainty_score", cls.uncertainty_score)
+            ),
+            bugs_share=float(hitl.get("bugs", cls.bugs_share)),
+            confidence_share=float(hitl.get("confidence", cls.confidence_share)),
+            random_share=float(hitl.get("random", cls.random_share)),
+            cluster_cap=int(hitl.get("cluster_cap", cls.cluster_cap)),
+        )
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(
+                f"acquisition.strategy must be one of {STRATEGIES}, "
+                f"got {cfg.strategy!r}"
+            )
+        if cfg.budget < 0:
+            raise ValueError(f"acquisition.budget must be >= 0, got {cfg.budget}")
+        if cfg.uncertainty_score not in _DOUBT_DIRECTION:
+            raise ValueError(
+                "acquisition.uncertainty_score must be one of "
+                f"{sorted(_DOUBT_DIRECTION)}, got {cfg.uncertainty_score!r}"
+            )
+        shares = (cfg.bugs_share, cfg.confidence_share, cfg.random_share)
+        if min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError(
+                "acquisition.hitl shares must be >= 0 with a positive sum, "
+                f"got {shares}"
+            )
+        if cfg.cluster_cap < 1:
+            raise ValueError(
+                f"acquisition.hitl.cluster_cap must be >= 1, got {cfg.cluster_cap}"
+            )
+        return cfg
+
+
+def unlabeled_pool(predictions: pd.DataFrame, labeled_ids: set[str]) -> pd.DataFrame:
+    """One row per predicted image not yet labeled: its latest prediction.
+
+    Sorted by image_id, so every strategy sees the pool in the same order.
+    """
+    if predictions.empty:
+        return predictions.iloc[0:0].copy()
+    latest = predictions.sort_values(
+        ["ts", "request_id"], kind="stable"
+    ).drop_duplicates("image_id", keep="last")
+    pool = latest[~latest["image_id"].isin(labeled_ids)]
+    return pool.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def _doubt(pool: pd.DataFrame, score: str) -> pd.Series:
+    """Higher = more doubtful."""
+    values = pool[score].astype(float)
+    return values if _DOUBT_DIRECTION[score] else -values
+
+
+def _rows(
+    pool: pd.DataFrame,
+    ids: list[str],
+    reason: str,
+    details: list[str],
+    scores: list[float],
+) -> list[dict]:
+    by_id = pool.set_index("image_id")
+    return [
+        {
+            "image_id": i,
+            "request_id": by_id.at[i, "request_id"],
+            "image_blob": by_id.at[i, "image_blob"],
+            "reason": reason,
+            "detail": d,
+            "score": float(s),
+        }
+        for i, d, s in zip(ids, details, scores, strict=True)
+    ]
+
+
+def _random(pool: pd.DataFrame, n: int, seed: int, taken: set[str]) -> list[dict]:
+    free = pool.loc[~pool["image_id"].isin(taken), "image_id"].to_numpy()
+    if n <= 0 or not len(free):
+        return []
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(free, size=min(n, len(free)), replace=False).tolist()
+    return _rows(
+        pool,
+        picks,
+        "random",
+        ["uniform over the unlabeled pool"] * len(picks),
+        [float("nan")] * len(picks),
+    )
+
+
+def _confident_last(
+    pool: pd.DataFrame,
+    n: int,
+    score: str,
+    taken: set[str],
+    cap: int | None,
+    clusters: pd.Series | None,
+    reason: str,
+) -> list[dict]:
+    if n <= 0:
+        return []
+    doubt = _doubt(pool, score)
+    order = pool.assign(_doubt=doubt.to_numpy()).sort_values(
+        ["_doubt", "image_id"], ascending=[False, True], kind="stable"
+    )
+    picks, details, scores, per_cluster = [], [], [], {}
+    for row in order.itertuples(index=False):
+        if len(picks) >= n:
+            break
+        if row.image_id in taken:
+            continue
+        detail = f"{score}={getattr(row, score):.3f}"
+        if cap is not None and clusters is not None:
+            c = clusters.get(row.image_id)
+            if c is not None:
+                if per_cluster.get(c, 0) >= cap:
+                    continue
+                per_cluster[c] = per_cluster.get(c, 0) + 1
+                detail += f", cluster {c}"
+        picks.append(row.image_id)
+        details.append(detail)
+        scores.append(float(getattr(row, score)))
+    return _rows(pool, picks, reason, details, scores)
+
+
+def _bug_candidates(
+    pool: pd.DataFrame, knn: pd.DataFrame | None, n: int, taken: set[str]
+) -> list[dict]:
+    if n <= 0 or knn is None or knn.empty:
+        return []
+    knn = knn[knn["image_id"].isin(pool["image_id"]) & ~knn["image_id"].isin(taken)]
+    queues = {
+        bug: group.sort_values(["rank", "image_id"]).to_dict("records")
+        for bug, group in knn.groupby("bug_id", sort=True)
+    }
+    picks: list[dict] = []
+    seen: set[str] = set()
+    while len(picks) < n and any(queues.values()):
+        for bug in sorted(queues):
+            while queues[bug] and queues[bug][0]["image_id"] in seen:
+                queues[bug].pop(0)
+            if not queues[bug] or len(picks) >= n:
+                continue
+            c = queues[bug].pop(0)
+            seen.add(c["image_id"])
+            picks.append(c)
+    return _rows(
+        pool,
+        [c["image_id"] for c in picks],
+        "bug_candidate",
+        [
+            f"{c['bug_id']} ({c['tag']}): #{int(c['rank'])} nearest to "
+            f"{str(c['nearest_seed'])[:12]}"
+            for c in picks
+        ],
+        [float(c["distance"]) for c in picks],
+    )
+
+
+def select_for_labeling(
+    pool: pd.DataFrame,
+    config: AcquisitionConfig,
+    *,
+    knn: pd.DataFrame | None = None,
+    clusters: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The labeling queue: up to `config.budget` images, each with its reason.
+
+    Args:
+        pool: `unlabeled_pool` rows (image_id, request_id, image_blob, scores).
+        config: The strategy, budget and shares.
+        knn: KNN candidates of open bugs (bug_id, tag, image_id, distance,
+            nearest_seed, rank); hitl only.
+        clusters: image_id -> cluster (level 0) for diversity; hitl only.
+
+    Returns:
+        `LABELING_QUEUE_COLUMNS`, rank 1 first; an image appears once.
+    """
+    budget = min(config.budget, len(pool))
+    taken: set[str] = set()
+    rows: list[dict] = []
+
+    def add(picked: list[dict]) -> None:
+        for r in picked:
+            if r["image_id"] not in taken and len(rows) < budget:
+                taken.add(r["image_id"])
+                rows.append(r)
+
+    if config.strategy == "random":
+        add(_random(pool, budget, config.seed, taken))
+    elif config.strategy == "entropy":
+        add(
+            _confident_last(
+                pool,
+                budget,
+                config.uncertainty_score,
+                taken,
+                None,
+                None,
+                "least_confident",
+            )
+        )
+    else:
+        cluster_of = (
+            clusters.drop_duplicates("image_id").set_index("image_id")["cluster"]
+            if clusters is not None and len(clusters)
+            else None
+        )
+        total = config.bugs_share + config.confidence_share + config.random_share
+        bugs_n = int(round(budget * config.bugs_share / total))
+        conf_n = int(round(budget * config.confidence_share / total))
+        add(_bug_candidates(pool, knn, bugs_n, taken))
+        conf_n += bugs_n - len(rows)  # what the bugs could not fill rolls over
+        add(
+            _confident_last(
+                pool,
+                conf_n,
+                config.uncertainty_score,
+                taken,
+                config.cluster_cap,
+                cluster_of,
+                "low_confidence",
+            )
+        )
+        add(_random(pool, budget - len(rows), config.seed, taken))
+    out = pd.DataFrame(rows, columns=LABELING_QUEUE_COLUMNS[1:])
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    return out

@@ -1,0 +1,58 @@
+"""Acquisition node: the labeling queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from edgeloop.acquisition import AcquisitionConfig, select_for_labeling, unlabeled_pool
+from edgeloop.lake import Lake
+
+log = logging.getLogger(__name__)
+
+
+def build_labeling_queue(
+    lake: Lake,
+    knn: pd.DataFrame,
+    clusters: pd.DataFrame,
+    params: Mapping[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Picks `acquisition.budget` unlabeled images with `acquisition.strategy`.
+
+    The pool is every predicted image that has no label yet (its latest
+    prediction's scores). `random` and `entropy` ignore the KNN candidates and
+    clusters; all three strategies run this same node.
+    """
+    config = AcquisitionConfig.from_params(params)
+    labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
+    preds = lake.read("predictions")
+    pool = unlabeled_pool(preds, labeled)
+    top = clusters[clusters["level"] == 0] if len(clusters) else clusters
+    queue = select_for_labeling(pool, config, knn=knn, clusters=top)
+    summary = {
+        "strategy": config.strategy,
+        "budget": config.budget,
+        "pool": len(pool),
+        "labeled": len(labeled),
+        "picked": len(queue),
+        "per_reason": queue["reason"].value_counts().sort_index().astype(int).to_dict(),
+        "predictions_version": lake.reads.get("predictions"),
+        "labels_version": lake.reads.get("labels"),
+    }
+    if len(queue) < config.budget:
+        log.warning(
+            "labeling queue: only %d of a budget of %d (the unlabeled pool has %d)",
+            len(queue),
+            config.budget,
+            len(pool),
+        )
+    log.info(
+        "labeling queue (%s): %d image(s): %s",
+        config.strategy,
+        len(queue),
+        ", ".join(f"{k} {v}" for k, v in summary["per_reason"].items()) or "none",
+    )
+    return queue, summary

@@ -1,0 +1,18 @@
+"""The acquisition pipeline: what goes to labeling next."""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from edgeloop.pipelines.acquisition.nodes import build_labeling_queue
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return pipeline(
+        [
+            node(
+                build_labeling_queue,
+                inputs=["lake", "knn_candidates", "clusters", "params:acquisition"],
+                outputs=["labeling_queue", "acquisition_summary"],
+                name="build_labeling_queue",
+            )
+        ]
+    )

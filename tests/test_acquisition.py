@@ -1,0 +1,122 @@
+"""Acquisition strategies on a hand-built pool."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from edgeloop.acquisition import (
+    AcquisitionConfig,
+    select_for_labeling,
+    unlabeled_pool,
+)
+
+
+def _preds(n: int = 40) -> pd.DataFrame:
+    ids = [f"img{i:02d}" for i in range(n)]
+    return pd.DataFrame(
+        {
+            "request_id": [f"r{i:02d}" for i in range(n)],
+            "ts": pd.date_range("2026-01-05", periods=n, freq="10min", tz="UTC"),
+            "image_id": ids,
+            "image_blob": [f"blobs/images/{i}.png" for i in ids],
+            # img00 is the least confident, img39 the most.
+            "mean_max_prob": np.linspace(0.3, 0.99, n),
+            "mean_entropy": np.linspace(1.2, 0.01, n),
+        }
+    )
+
+
+def _cfg(**kw) -> AcquisitionConfig:
+    hitl = kw.pop("hitl", {})
+    return AcquisitionConfig.from_params({"budget": 10, **kw, "hitl": hitl})
+
+
+def test_pool_leaves_out_labeled_and_keeps_the_latest_prediction():
+    preds = _preds(5)
+    again = preds.iloc[[2]].assign(
+        request_id="r99", ts=pd.Timestamp("2026-02-01", tz="UTC"), mean_max_prob=0.11
+    )
+    pool = unlabeled_pool(pd.concat([preds, again]), {"img00"})
+    assert pool["image_id"].tolist() == ["img01", "img02", "img03", "img04"]
+    assert pool.set_index("image_id").at["img02", "request_id"] == "r99"
+
+
+def test_random_is_seeded_and_unique():
+    pool = unlabeled_pool(_preds(), set())
+    a = select_for_labeling(pool, _cfg(strategy="random", seed=1))
+    b = select_for_labeling(pool, _cfg(strategy="random", seed=1))
+    c = select_for_labeling(pool, _cfg(strategy="random", seed=2))
+    assert a["image_id"].tolist() == b["image_id"].tolist()
+    assert a["image_id"].tolist() != c["image_id"].tolist()
+    assert a["image_id"].is_unique and len(a) == 10
+    assert set(a["reason"]) == {"random"} and a["rank"].tolist() == list(range(1, 11))
+
+
+def test_entropy_takes_the_least_confident():
+    pool = unlabeled_pool(_preds(), set())
+    q = select_for_labeling(pool, _cfg(strategy="entropy"))
+    assert q["image_id"].tolist() == [f"img{i:02d}" for i in range(10)]
+    assert set(q["reason"]) == {"least_confident"}
+    assert q["detail"].iloc[0].startswith("mean_entropy=1.200")
+
+
+def test_hitl_bugs_first_round_robin_then_capped_confidence_then_random():
+    pool = unlabeled_pool(_preds(), {"img05"})
+    knn = pd.DataFrame(
+        {
+            "bug_id": ["bug-a"] * 4 + ["bug-b"] * 3,
+            "tag": ["night"] * 4 + ["haze"] * 3,
+            # img05 is labeled (not in the pool): it must be skipped.
+            "image_id": ["img30", "img05", "img31", "img32", "img35", "img30", "img36"],
+            "distance": [0.1, 0.2, 0.3, 0.4, 0.1, 0.2, 0.3],
+            "nearest_seed": ["s"] * 7,
+            "rank": [1, 2, 3, 4, 1, 2, 3],
+        }
+    )
+    # Every image in one of two clusters: the cap keeps confidence picks diverse.
+    clusters = pd.DataFrame(
+        {"image_id": pool["image_id"], "cluster": [i % 2 for i in range(len(pool))]}
+    )
+    cfg = _cfg(
+        strategy="hitl",
+        hitl={"bugs": 0.5, "confidence": 0.3, "random": 0.2, "cluster_cap": 1},
+    )
+    q = select_for_labeling(pool, cfg, knn=knn, clusters=clusters)
+    assert len(q) == 10 and q["image_id"].is_unique
+    bugs = q[q["reason"] == "bug_candidate"]
+    # Round robin over bugs, nearest first; img30 is taken once.
+    assert bugs["image_id"].tolist() == ["img30", "img35", "img31", "img36", "img32"]
+    conf = q[q["reason"] == "low_confidence"]
+    # Cap 1 per cluster: only two confidence picks, the rest rolls to random.
+    assert conf["image_id"].tolist() == ["img00", "img01"]
+    assert (q["reason"] == "random").sum() == 3
+    assert "img05" not in set(q["image_id"])
+
+
+def test_hitl_without_bugs_rolls_their_share_over():
+    pool = unlabeled_pool(_preds(), set())
+    q = select_for_labeling(pool, _cfg(strategy="hitl"))
+    assert (q["reason"] == "low_confidence").sum() == 8  # 5 (bugs) + 3
+    assert (q["reason"] == "random").sum() == 2
+
+
+def test_budget_larger_than_the_pool_takes_everything():
+    pool = unlabeled_pool(_preds(4), set())
+    q = select_for_labeling(pool, _cfg(strategy="random", budget=50))
+    assert sorted(q["image_id"]) == ["img00", "img01", "img02", "img03"]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"strategy": "greedy"}, "acquisition.strategy"),
+        ({"budget": -1}, "budget"),
+        ({"uncertainty_score": "vibes"}, "uncertainty_score"),
+        ({"hitl": {"bugs": -1}}, "shares"),
+        ({"hitl": {"cluster_cap": 0}}, "cluster_cap"),
+        ({"budgett": 3}, "unknown key"),
+    ],
+)
+def test_bad_config_names_the_problem(params, message):
+    with pytest.raises(ValueError, match=message):
+        AcquisitionConfig.from_params(params)
