@@ -183,3 +183,53 @@ def test_drill_down_and_knn_query_by_image_ids(project):
     knn = pd.read_parquet(OUT0 / "knn_candidates.parquet")
     assert len(knn) == 5 and set(knn["bug_id"]) == {"query"}
     assert not set(query) & set(knn["image_id"])
+
+    # Once the nearest candidate is labelled, the same query leaves it out.
+    nearest = knn["image_id"].iloc[0]
+    _label_stream_image(Lake("data/lake"), nearest)
+    _run(["similarity"], similarity={"knn": {"n": 5, "image_ids": query}})
+    again = pd.read_parquet(OUT0 / "knn_candidates.parquet")
+    assert len(again) == 5 and nearest not in set(again["image_id"])
+    assert again["image_id"].tolist()[:4] == knn["image_id"].tolist()[1:]
+
+
+def _label_stream_image(lake: Lake, image_id: str) -> None:
+    """Adds a stream image to `images` and gives it a human label."""
+    import numpy as np
+
+    from edgeloop.classmap import ClassMap
+    from edgeloop.features import image_features
+    from edgeloop.imaging import decode_image
+    from edgeloop.lake import ImageRecord, LabelRecord, LabelRegistry, add_images
+
+    preds = lake.read("predictions").set_index("image_id")
+    png = lake.get_blob(preds.at[image_id, "image_blob"])
+    image = decode_image(png)
+    record = ImageRecord(
+        png=png,
+        width=image.shape[1],
+        height=image.shape[0],
+        source="stream",
+        source_path=f"{image_id}.png",
+        features=image_features(image),
+    )
+    assert record.image_id == image_id
+    add_images(lake, [record])
+    classes = ClassMap.from_params(
+        {
+            "names": ["background", "fighter_jet", "airliner", "light_aircraft"],
+            "ids": [0, 1, 2, 3],
+            "palette": [[0, 0, 0], [220, 20, 60], [0, 114, 189], [237, 177, 32]],
+        }
+    )
+    LabelRegistry(lake, classes).append(
+        [
+            LabelRecord(
+                image_id=image_id,
+                mask=np.zeros(image.shape[:2], np.uint8),
+                origin="human",
+                iteration=1,
+                annotator="test",
+            )
+        ]
+    )

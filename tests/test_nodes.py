@@ -12,6 +12,7 @@ from kedro_datasets.pandas import ParquetDataset
 from edgeloop.pipelines.ingest.nodes import generate_synthetic_scenes, ingest_images
 from edgeloop.pipelines.slicing.nodes import resolve_labels, summarise_slicing
 from edgeloop.pipelines.slicing.pipeline import create_pipeline as slicing_pipeline
+from edgeloop.review_tasks import update_edge_cases
 
 CLASSES = {
     "names": ["background", "fighter_jet", "airliner", "light_aircraft"],
@@ -108,6 +109,23 @@ def test_slicing_pipeline_on_an_in_memory_catalog(tmp_path):
             "params:iteration": MemoryDataset(1),
             "params:classes": MemoryDataset(CLASSES),
             "params:slicing": MemoryDataset({}),
+            # A bug tagged `day` makes the slice edge:day.
+            "lake_edge_cases": MemoryDataset(
+                update_edge_cases(
+                    None,
+                    pd.DataFrame(
+                        {
+                            "request_id": ["r1"],
+                            "image_id": ["zz"],
+                            "verdict": ["bug"],
+                            "tags": [["day"]],
+                            "ts": [pd.Timestamp("2026-11-28", tz="UTC")],
+                        }
+                    ),
+                    iteration=0,
+                    now=pd.Timestamp("2026-11-28", tz="UTC"),
+                )
+            ),
         }
     )
     # The runner frees memory datasets once consumed: keep the ones we check.
@@ -124,6 +142,7 @@ def test_slicing_pipeline_on_an_in_memory_catalog(tmp_path):
         "class:background",
         "class:fighter_jet",
         "cond:day",
+        "edge:day",
         "iter:0",
         "size:large",
     }

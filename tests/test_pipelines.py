@@ -34,7 +34,15 @@ def test_registry_has_curated_default():
         "build_slice_table",
         "split_images",
         "register_trained_model",
+        "track_bugs",
         "score_images",
+        "import_review_verdicts",
+        "build_review",
+        "export_review_tasks",
+        "embed_images",
+        "cluster_images",
+        "find_similar",
+        "build_labeling_queue",
     } <= default
 
 
@@ -161,8 +169,25 @@ CI_TEST_MIOU_FLOOR = 0.23
 CI_VAL_MIOU_FLOOR = 0.30
 
 
+def _execute_notebook(path: Path) -> str:
+    """Executes a notebook in the cwd (a real kernel); returns its text outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": "."}}
+    ).execute()
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text = out.get("text") or out.get("data", {}).get("text/plain") or ""
+            texts.append("".join(text) if isinstance(text, list) else text)
+    return "\n".join(texts)
+
+
 @pytest.mark.slow
-def test_ci_iteration_trains_gates_and_writes_the_card(project):
+def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
     _run("ci", ["__default__"])
     card = _card()
     assert card["gate"]["promoted"] is True
@@ -179,7 +204,12 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project):
         "unet_resnet18",
     }
     repro = card["reproducibility"]
-    assert repro["lake_versions"] == {"images": 0, "labels": 0, "models": -1}
+    assert repro["lake_versions"] == {
+        "images": 0,
+        "labels": 0,
+        "models": -1,
+        "edge_cases": -1,
+    }
     assert repro["env"] == "ci" and repro["config"]["training"]["n_trials"] == 6
     assert "slices" in repro["datasets"] and repro["datasets"]["slices"]["fingerprint"]
     assert "kedro_load_versions" in card["volatile"]
@@ -213,6 +243,24 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project):
     # The stream's own timestamps (several days), not the time of scoring.
     assert preds["date"].nunique() > 1
     assert preds["ts"].min() >= pd.Timestamp("2026-01-05", tz="UTC")
+    # ... then discovers: review tasks, embeddings, and a labeling queue.
+    acq = json.loads(
+        Path("data/08_reporting/iter_0/acquisition_summary.json").read_text()
+    )
+    assert (acq["strategy"], acq["picked"], acq["pool"]) == ("hitl", 50, 60)
+    assert (
+        json.loads(Path("data/08_reporting/iter_0/embedding_report.json").read_text())[
+            "weights"
+        ]
+        == f"model:{row['model_version']}"
+    )
+    # The exploration notebook runs on these outputs, in the ci environment.
+    monkeypatch.setenv("KEDRO_ENV", "ci")
+    text = _execute_notebook(REPO / "notebooks" / "explore_iteration.ipynb")
+    assert "env='ci' iteration=0" in text
+    assert f"{row['model_version']} {card['model']['architecture']} promoted" in text
+    assert "query, then its nearest neighbours" not in text  # a figure, not text
+    assert "distance" in text and "nearest_seed" in text  # the KNN table
     # Scoring the same stream again adds nothing.
     _run("ci", ["production"])
     assert len(Lake("data/lake").read("predictions")) == 60

@@ -209,6 +209,32 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         + (", ".join(c["known_edge_cases"]) if c["known_edge_cases"] else "none yet."),
         "",
     ]
+    bugs = card.get("edge_cases") or []
+    if bugs:
+        lines += [
+            "## Edge cases (bugs)",
+            "",
+            "Each bug's `edge:<tag>` test slice, before (the promoted model) and "
+            "after (this model). A bug is `fixed` when a promoted model's slice is "
+            "sufficient and improved.",
+            "",
+            "| bug | tag | status | n | before | after | Δ |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for b in bugs:
+            status = (
+                b["status"]
+                if b["status"] == b["status_before"]
+                else f"{b['status_before']} → **{b['status']}**"
+            )
+            n = "–" if b["n_images"] is None else str(b["n_images"])
+            if b["insufficient"]:
+                n += " (insufficient)"
+            lines.append(
+                f"| {b['bug_id']} | {b['tag']} | {status} | {n} | "
+                f"{_fmt(b['before'])} | {_fmt(b['after'])} | {_delta(b['delta'])} |"
+            )
+        lines.append("")
     r = card["reproducibility"]
     lines += [
         "## Reproducibility",

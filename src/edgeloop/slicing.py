@@ -1,8 +1,8 @@
 """Slices, stable splits, class balance and sampling weights.
 
 A slice is a named predicate over an image's effective label; its name carries a
-prefix (`class:`, `size:`, `cond:`, `iter:`; `edge:` and `feedback:` are
-reserved for later). Each family below is one predicate with its docstring.
+prefix (`class:`, `size:`, `cond:`, `iter:`, `edge:`; `feedback:` is reserved
+for later). Each family below is one predicate with its docstring.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SAMPLING_SCHEMES = {
 class SlicingConfig:
     """The `slicing` parameters, checked once at the node boundary."""
 
-    families: tuple[str, ...] = ("all", "class", "size", "cond", "iter")
+    families: tuple[str, ...] = ("all", "class", "size", "cond", "iter", "edge")
     size_buckets: tuple[tuple[str, float, float], ...] = (
         ("small", 0.0, 0.005),
         ("medium", 0.005, 0.05),
@@ -53,6 +53,9 @@ class SlicingConfig:
     sampling_scheme: str = "inverse_frequency"
     sampling_by: tuple[str, ...] = ("class", "cond")
     max_weight: float = 10.0
+    # The bugs the `edge:` family is built from: (tag, seed image ids) each.
+    # Not a parameter: the slicing node fills it from the `edge_cases` table.
+    edge_cases: tuple[tuple[str, frozenset[str]], ...] = ()
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SlicingConfig:
@@ -149,12 +152,22 @@ def _iter(row: Mapping[str, Any], cm: ClassMap, cfg: SlicingConfig) -> Iterator[
     yield f"iter:{int(row['first_iteration'])}"
 
 
+def _edge(row: Mapping[str, Any], cm: ClassMap, cfg: SlicingConfig) -> Iterator[str]:
+    """`edge:<tag>`: a bug's tag is among the label's condition tags, or the
+    image is one of the bug's seeds. Only tags that have a bug get a slice."""
+    tags = set(row["condition_tags"])
+    for tag, seeds in cfg.edge_cases:
+        if tag in tags or row["image_id"] in seeds:
+            yield f"edge:{tag}"
+
+
 PREDICATES: dict[str, SliceFn] = {
     "all": _all,
     "class": _class,
     "size": _size,
     "cond": _cond,
     "iter": _iter,
+    "edge": _edge,
 }
 
 

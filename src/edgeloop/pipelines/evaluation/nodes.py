@@ -26,6 +26,7 @@ from edgeloop.card import (  # noqa: E402
 )
 from edgeloop.datasets.model_input import overlay  # noqa: E402
 from edgeloop.gate import GateConfig, gate  # noqa: E402
+from edgeloop.lake import Lake  # noqa: E402
 from edgeloop.metrics import (  # noqa: E402
     SegmentationScores,
     evaluate_slices,
@@ -34,6 +35,7 @@ from edgeloop.metrics import (  # noqa: E402
 )
 from edgeloop.pipelines.training.nodes import PromotedModel  # noqa: E402
 from edgeloop.registry import ModelRecord, TrainedModel, best_so_far  # noqa: E402
+from edgeloop.review_tasks import advance_status, current_bugs  # noqa: E402
 from edgeloop.training import ModelInput  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -300,6 +302,7 @@ def write_model_card(
     run_provenance: dict[str, Any],
     parameters: dict[str, Any],
     evaluation: dict[str, Any],
+    bug_report: list[dict[str, Any]],
 ) -> tuple[dict[str, Any], str]:
     """The model card, JSON and Markdown, rendered from the saved results."""
     meta = trained_model.metadata
@@ -384,6 +387,7 @@ def write_model_card(
                 s for s in slices["slice"].unique() if str(s).startswith("edge:")
             ),
         },
+        "edge_cases": bug_report,
         "reproducibility": {
             "git_commit": git_commit(),
             "env": run_provenance.get("env") if run_provenance else None,
@@ -399,6 +403,7 @@ def write_model_card(
                 "images": lake_images.attrs.get("delta_version"),
                 "labels": datasets.get("lake_labels", {}).get("delta_version"),
                 "models": lake_models.attrs.get("delta_version"),
+                "edge_cases": datasets.get("lake_edge_cases", {}).get("delta_version"),
             },
             "datasets": {
                 name: {
@@ -447,3 +452,90 @@ def register_trained_model(
         promoted=bool(gate_verdict["promoted"]),
         reason=" ".join(gate_verdict["reasons"]),
     )
+
+
+# -- edge cases (bugs) --------------------------------------------------------------
+
+
+def track_bugs(
+    lake: Lake,
+    edge_cases: pd.DataFrame,
+    gate_verdict: dict[str, Any],
+    slice_metrics: pd.DataFrame,
+    slices: pd.DataFrame,
+    effective_labels: pd.DataFrame,
+    iteration: int,
+) -> list[dict[str, Any]]:
+    """Moves bugs along their life cycle and reports each bug's `edge:` slice.
+
+    - `candidates -> labelled`: the bug's `edge:<tag>` slice holds an image first
+      labelled after the bug was opened (its candidates came back labelled).
+    - `labelled -> fixed`: the gate promoted this model, and its test
+      `edge:<tag>` slice is sufficient and improved on the promoted model.
+
+    Returns:
+        One row per bug (bug_id, tag, status before and after, and the test
+        slice's n, before, after and delta), for the model card.
+    """
+    bugs = current_bugs(edge_cases)
+    if bugs.empty:
+        return []
+    first = effective_labels.set_index("image_id")["first_iteration"]
+    test = slice_metrics[slice_metrics["split"] == "test"].set_index("slice")
+    now = datetime.now(UTC)
+    events, report = [], []
+    log_so_far = edge_cases
+    for bug in bugs.sort_values("bug_id").itertuples(index=False):
+        name = f"edge:{bug.tag}"
+        status = bug.status
+        members = slices.loc[slices["slice"] == name, "image_id"]
+        new_labels = int(
+            (first.reindex(members).fillna(-1) > bug.opened_iteration).sum()
+        )
+        row = test.loc[name] if name in test.index else None
+        steps = []
+        if status == "candidates" and new_labels:
+            steps.append("labelled")
+        improved = (
+            row is not None
+            and not bool(row["insufficient"])
+            and row["delta"] is not None
+            and pd.notna(row["delta"])
+            and float(row["delta"]) > 0
+        )
+        if (
+            (status == "labelled" or steps)
+            and gate_verdict.get("promoted")
+            and improved
+        ):
+            steps.append("fixed")
+        for step in steps:
+            event = advance_status(
+                log_so_far, bug.bug_id, step, iteration=int(iteration), now=now
+            )
+            log_so_far = pd.concat([log_so_far, event], ignore_index=True)
+            events.append(event)
+        report.append(
+            {
+                "bug_id": bug.bug_id,
+                "tag": bug.tag,
+                "opened_iteration": int(bug.opened_iteration),
+                "status_before": status,
+                "status": steps[-1] if steps else status,
+                "seeds": len(bug.seed_image_ids),
+                "labelled_since_opened": new_labels,
+                "slice": name,
+                "n_images": None if row is None else int(row["n_images"]),
+                "insufficient": None if row is None else bool(row["insufficient"]),
+                "before": None if row is None else row["old"],
+                "after": None if row is None else row["new"],
+                "delta": None if row is None else row["delta"],
+            }
+        )
+    if events:
+        lake.append("edge_cases", pd.concat(events, ignore_index=True))
+    log.info(
+        "bugs: %s",
+        "; ".join(f"{r['bug_id']} {r['status_before']}->{r['status']}" for r in report),
+    )
+    return report

@@ -11,6 +11,7 @@ from edgeloop.pipelines.evaluation.nodes import (
     plot_training_curves,
     register_trained_model,
     render_worst_gallery,
+    track_bugs,
     write_model_card,
 )
 
@@ -36,6 +37,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["slice_metrics", "gate_verdict"],
                 name="gate_new_model",
+            ),
+            node(
+                track_bugs,
+                inputs=[
+                    "lake",
+                    "lake_edge_cases",
+                    "gate_verdict",
+                    "slice_metrics",
+                    "slices",
+                    "effective_labels",
+                    "params:iteration",
+                ],
+                outputs="bug_report",
+                name="track_bugs",
             ),
             node(
                 plot_slice_scores,
@@ -90,6 +105,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "run_provenance",
                     "parameters",
                     "params:evaluation",
+                    "bug_report",
                 ],
                 outputs=["model_card_json", "model_card_md"],
                 name="write_model_card",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import matplotlib
@@ -12,6 +13,7 @@ import pandas as pd  # noqa: E402
 
 from edgeloop.classmap import ClassMap  # noqa: E402
 from edgeloop.lake import labels_at_iteration  # noqa: E402
+from edgeloop.review_tasks import current_bugs  # noqa: E402
 from edgeloop.slicing import (  # noqa: E402
     SlicingConfig,
     assign_splits,
@@ -29,12 +31,21 @@ def resolve_labels(lake_labels: pd.DataFrame, iteration: int) -> pd.DataFrame:
 
 
 def build_slice_table(
-    labels: pd.DataFrame, classes: dict[str, Any], slicing: dict[str, Any]
+    labels: pd.DataFrame,
+    classes: dict[str, Any],
+    slicing: dict[str, Any],
+    edge_cases: pd.DataFrame,
 ) -> pd.DataFrame:
-    """The long (image_id, slice) table."""
-    return build_slices(
-        labels, ClassMap.from_params(classes), SlicingConfig.from_params(slicing)
+    """The long (image_id, slice) table; `edge:<tag>` for every bug ever opened."""
+    bugs = current_bugs(edge_cases)
+    cfg = replace(
+        SlicingConfig.from_params(slicing),
+        edge_cases=tuple(
+            (str(tag), frozenset(str(s) for g in group for s in g))
+            for tag, group in bugs.groupby("tag", sort=True)["seed_image_ids"]
+        ),
     )
+    return build_slices(labels, ClassMap.from_params(classes), cfg)
 
 
 def split_images(

@@ -23,7 +23,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 build_slice_table,
-                inputs=["effective_labels", "params:classes", "params:slicing"],
+                inputs=[
+                    "effective_labels",
+                    "params:classes",
+                    "params:slicing",
+                    "lake_edge_cases",
+                ],
                 outputs="slices",
                 name="build_slice_table",
             ),
