@@ -89,21 +89,23 @@ def _as_matrix(x: Any, name: str, metric: str) -> np.ndarray:
     if arr.dtype.kind not in "iuf":
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
     out = np.array(arr, dtype=np.float32, order="C", copy=True)
-    bad = ~np.isfinite(out).all(axis=1)
+    # Row sums of squares in float64, with no (N, D) temporary: a row holding
+    # NaN or inf sums to NaN or inf (float32 squares cannot overflow float64).
+    sq = np.einsum("ij,ij->i", out, out, dtype=np.float64)  # (N,)
+    bad = ~np.isfinite(sq)
     if bad.any():
         rows = np.flatnonzero(bad)
         raise ValueError(
             f"{name} has {rows.size} rows with NaN or inf (first: {rows[:5].tolist()})"
         )
     if metric == "cosine":
-        norms = np.linalg.norm(out, axis=1, keepdims=True)  # (N, 1)
-        zero = np.flatnonzero(norms[:, 0] == 0)
+        zero = np.flatnonzero(sq == 0)
         if zero.size:
             raise ValueError(
                 f"{name} has {zero.size} all-zero rows (first: {zero[:5].tolist()}); "
                 "cosine distance is undefined for them, use metric='l2'"
             )
-        out /= norms
+        out /= np.sqrt(sq).astype(np.float32)[:, None]
     return out
 
 
@@ -527,14 +529,66 @@ def kmeans(
             or an unknown backend or metric.
     """
     _check_choice(metric, METRICS, "metric")
+    _check_choice(backend, KMEANS_BACKENDS, "backend")
+    arr = np.asarray(vectors)
+    n = arr.shape[0] if arr.ndim == 2 else 0
+    if (
+        n > _ASSIGN_CHUNK
+        and _load_faiss() is not None
+        and (backend == "faiss" or (backend == "auto" and n > faiss_threshold))
+    ):
+        return _kmeans_faiss_streamed(arr, k, seed=seed, n_iter=n_iter, metric=metric)
     return _kmeans(
-        _as_matrix(vectors, "vectors", metric),
+        _as_matrix(arr, "vectors", metric),
         k,
         seed=seed,
         backend=backend,
         n_iter=n_iter,
         faiss_threshold=faiss_threshold,
     )
+
+
+_ASSIGN_CHUNK = 65_536  # rows normalised and assigned at a time
+
+
+def _kmeans_faiss_streamed(
+    arr: np.ndarray, k: int, *, seed: int, n_iter: int, metric: str
+) -> KMeansResult:
+    """FAISS k-means without a float32 (normalised) copy of all N vectors.
+
+    The rows are checked in place; FAISS trains on a normalised sample of
+    256 * k rows (its own `max_points_per_centroid` cap) from k-means++ seeds
+    on 64 * k of them; then `_ASSIGN_CHUNK` rows at a time are normalised and
+    assigned, so memory stays at the input plus one chunk. Copying N rows costs
+    seconds at N = 1M (2 GB of fresh pages), more than the clustering itself.
+    """
+    from sklearn.cluster import kmeans_plusplus
+
+    faiss = _load_faiss()
+    k = _check_k(k)
+    n_iter = _check_k(n_iter, "n_iter")
+    n, dim = arr.shape
+    if k > n:
+        raise ValueError(f"k={k} is more than the {n} vectors to cluster")
+    _as_matrix(arr[:1], "vectors", metric)  # shape and dtype errors, as usual
+    for start in range(0, n, _ASSIGN_CHUNK):  # NaN, inf, zero rows: all of them
+        block = arr[start : start + _ASSIGN_CHUNK]
+        sq = np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(sq) | ((sq == 0) & (metric == "cosine")))
+        if bad.size:
+            _as_matrix(arr, "vectors", metric)  # raises with the full message
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, min(n, 256 * k), replace=False))
+    sample = _as_matrix(arr[rows], "vectors", metric)
+    init_rows = rng.choice(len(sample), min(len(sample), 64 * k), replace=False)
+    init, _ = kmeans_plusplus(sample[init_rows], k, random_state=seed)
+    km = faiss.Kmeans(dim, k, niter=n_iter, seed=int(seed), verbose=False)
+    km.train(sample, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+    labels = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _ASSIGN_CHUNK):
+        block = _as_matrix(arr[start : start + _ASSIGN_CHUNK], "vectors", metric)
+        labels[start : start + len(block)] = km.index.search(block, 1)[1][:, 0]
+    return KMeansResult(labels=labels, centroids=np.asarray(km.centroids, np.float32))
 
 
 def _kmeans(
