@@ -64,7 +64,7 @@ from edgeloop.similarity import EmbeddingStore, embed_frame, make_embedder
 from edgeloop.vectorindex import VectorIndex, default_nlist, default_nprobe, kmeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index import exact_top_k, make_data  # noqa: E402  (benchmarks/index.py)
+from index import bench_latency, exact_top_k, make_data  # noqa: E402  (benchmarks/index.py)
 
 K = 10
 KMEANS_K = 100
@@ -218,18 +218,6 @@ def recall(found: list[list[tuple[str, float]]], truth: np.ndarray) -> float:
     return sum(hits) / (K * len(truth))
 
 
-def latency_ms(index: VectorIndex, q: np.ndarray) -> tuple[float, float]:
-    """p50 and p99 of single-query k=10 searches, in ms."""
-    for row in q[:20]:  # warm-up
-        index.search(row[None, :], K)
-    times = np.empty(len(q))
-    for j, row in enumerate(q):
-        start = time.perf_counter()
-        index.search(row[None, :], K)
-        times[j] = time.perf_counter() - start
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
-
-
 def nprobe_ladder(nlist: int, given: int | None) -> list[int]:
     if given is not None:
         return [min(given, nlist)]
@@ -271,14 +259,14 @@ def bench_index(args: argparse.Namespace, x: np.ndarray, q: np.ndarray) -> dict:
                 continue  # no better recall to find; still measure the default
             index.set_search_params(nprobe=nprobe)
             rec = recall(index.search(q, K), truth)
-            p50, p99 = latency_ms(index, q)
+            p50, p99 = bench_latency(index, q)
             sweep.append({"nprobe": nprobe, "recall": rec, "p50": p50, "p99": p99})
         good = [s for s in sweep if s["recall"] >= RECALL_TARGET]
         chosen = good[0] if good else max(sweep, key=lambda s: s["recall"])
         index.set_search_params(nprobe=chosen["nprobe"])
     else:
         rec = recall(index.search(q, K), truth)
-        p50, p99 = latency_ms(index, q)
+        p50, p99 = bench_latency(index, q)
         chosen = {"recall": rec, "p50": p50, "p99": p99}
         sweep.append(chosen)
     info = index.describe()
