@@ -13,19 +13,28 @@ All pure functions over frames and dicts; the pipelines do the I/O.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 import pandas as pd
 
-from edgeloop import lsrle
+from edgeloop.labelstudio import (
+    MAX_TASKS,
+    ExportRejected,
+    annotation_time,
+    annotator_of,
+    as_list,
+    brush_results,
+    check_image_url,
+    check_names,
+    hex_colour,
+    latest_annotation,
+    load_export,
+    utc,
+)
 from edgeloop.review import QUEUE_COLUMNS, REVIEW_VERDICTS
 
 __all__ = [
@@ -52,7 +61,6 @@ IMAGE, MASK, VERDICT, CONDITION, COMMENT = (
     "comment",
 )
 OTHER_TAG = "other"
-MAX_TASKS = 100_000
 VERDICT_COLUMNS = [
     "verdict_id",
     "request_id",
@@ -75,42 +83,16 @@ BUG_COLUMNS = [
     "closed_iteration",
     "ts",
 ]
+# The review import rejects a file with the same error as the annotation import.
+ReviewImportError = ExportRejected
+
 _VERDICT_HINTS = {
     "correct": "The prediction is right (small slips at edges are fine).",
     "bug": "Edge case (bug): the model is wrong here in a way worth fixing.",
 }
 
 
-class ReviewImportError(ValueError):
-    """A Label Studio export is malformed or malicious; nothing of it is used."""
-
-
 # -- labeling config -------------------------------------------------------------
-
-
-def _hex_colour(colour: Any, *, name: str) -> str:
-    if isinstance(colour, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", colour):
-        return colour.lower()
-    try:
-        rgb = [int(c) for c in colour]
-    except (TypeError, ValueError):
-        rgb = []
-    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
-        raise ValueError(f"{name} must be an RGB triple or '#rrggbb', got {colour!r}")
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
-
-
-def _check_names(names: Sequence[str], *, name: str) -> list[str]:
-    if isinstance(names, str):
-        raise ValueError(f"{name} must be a sequence of strings, got a string")
-    out = list(names)
-    bad = [n for n in out if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"{name} must be non-empty strings, got {bad}")
-    dup = sorted({n for n in out if out.count(n) > 1})
-    if dup:
-        raise ValueError(f"{name} has duplicates: {dup}")
-    return out
 
 
 def review_labeling_config(
@@ -133,7 +115,7 @@ def review_labeling_config(
     Raises:
         ValueError: empty or duplicate names, or palette/class count mismatch.
     """
-    names = _check_names(class_names, name="class_names")
+    names = check_names(class_names, name="class_names")
     if not names:
         raise ValueError("class_names is empty: the brush needs at least one class")
     colours = list(palette)
@@ -142,7 +124,7 @@ def review_labeling_config(
             f"palette must have one colour per class: {len(names)} classes, "
             f"{len(colours)} colours"
         )
-    tags = _check_names(condition_tags, name="condition_tags")
+    tags = check_names(condition_tags, name="condition_tags")
     if OTHER_TAG not in tags:
         tags.append(OTHER_TAG)
 
@@ -157,7 +139,7 @@ def review_labeling_config(
             brush,
             "Label",
             value=label,
-            background=_hex_colour(colour, name=f"palette[{i}]"),
+            background=hex_colour(colour, name=f"palette[{i}]"),
         )
     ET.SubElement(view, "Header", value="Verdict")
     verdict = ET.SubElement(
@@ -184,19 +166,6 @@ def review_labeling_config(
 
 
 # -- tasks -----------------------------------------------------------------------
-
-
-def _short_id(*parts: object) -> str:
-    """A stable 10-character id (Label Studio region ids are short strings)."""
-    return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:10]
-
-
-def _as_list(value: Any) -> list:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return []
-    if isinstance(value, str):
-        return [value]
-    return list(value)
 
 
 def review_tasks(
@@ -234,7 +203,7 @@ def review_tasks(
         raise ValueError(
             f"queue lacks column(s) {missing_cols}; it has {list(queue.columns)}"
         )
-    names = _check_names(class_names, name="class_names")
+    names = check_names(class_names, name="class_names")
     ids = list(range(len(names))) if class_ids is None else [int(i) for i in class_ids]
     if len(ids) != len(names):
         raise ValueError(
@@ -255,26 +224,9 @@ def review_tasks(
             raise ValueError(
                 f"masks[{rid!r}] must be a non-empty (H, W) array, got {mask.shape}"
             )
-        h, w = mask.shape
-        present = set(np.unique(mask).tolist())
-        result = [
-            {
-                "id": _short_id(rid, name),
-                "from_name": MASK,
-                "to_name": IMAGE,
-                "type": "brushlabels",
-                "original_width": int(w),
-                "original_height": int(h),
-                "image_rotation": 0,
-                "value": {
-                    "format": "rle",
-                    "rle": lsrle.encode(mask == k),
-                    "brushlabels": [name],
-                },
-            }
-            for k, name in zip(ids, names, strict=True)
-            if k in present
-        ]
+        result = brush_results(
+            mask, ids, names, region_prefix=rid, from_name=MASK, to_name=IMAGE
+        )
         prediction: dict[str, Any] = {"model_version": model_version, "result": result}
         if scores is not None and rid in scores:
             prediction["score"] = float(scores[rid])
@@ -286,8 +238,8 @@ def review_tasks(
                     "request_id": rid,
                     "image_id": str(row.image_id),
                     "ts": None if pd.isna(ts) else ts.isoformat(),
-                    "reasons": ", ".join(map(str, _as_list(row.reasons))),
-                    "details": "; ".join(map(str, _as_list(row.details))),
+                    "reasons": ", ".join(map(str, as_list(row.reasons))),
+                    "details": "; ".join(map(str, as_list(row.details))),
                 },
                 "predictions": [prediction],
             }
@@ -296,111 +248,6 @@ def review_tasks(
 
 
 # -- export parsing --------------------------------------------------------------
-
-_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
-
-
-def _decoded_forms(text: str) -> list[str]:
-    """The text and its percent-decodings, up to a fixed point (%252e -> %2e -> .)."""
-    forms = [text]
-    for _ in range(5):
-        nxt = unquote(forms[-1])
-        if nxt == forms[-1]:
-            break
-        forms.append(nxt)
-    return forms
-
-
-def _is_absolute_path(text: str) -> bool:
-    return (
-        text.startswith(("/", "\\", "~"))
-        or bool(_DRIVE.match(text))
-        or text.lower().startswith("file:")
-    )
-
-
-def _check_image_url(url: str, prefixes: Sequence[str], *, task_id: Any) -> None:
-    """Raises ReviewImportError when `url` could reach outside the allowed places."""
-    where = f"task {task_id}: data.image {url[:200]!r}"
-    for form in _decoded_forms(url):
-        if any(ord(c) < 32 for c in form):
-            raise ReviewImportError(f"{where} contains control characters")
-        if ".." in re.split(r"[\\/?&=#;]", form):
-            raise ReviewImportError(f"{where} contains path traversal ('..')")
-    if not url.startswith(tuple(prefixes)):
-        if any(_is_absolute_path(f) for f in _decoded_forms(url)):
-            raise ReviewImportError(f"{where} is an absolute filesystem path")
-        raise ReviewImportError(
-            f"{where} does not start with an allowed prefix {list(prefixes)}"
-        )
-    # Label Studio local files: /data/local-files/?d=<path>; the path must be
-    # relative to the storage root.
-    for _, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
-        if any(_is_absolute_path(f) for f in _decoded_forms(value)):
-            raise ReviewImportError(
-                f"{where} has an absolute filesystem path in its query"
-            )
-
-
-def _load_export(export: list[dict] | str | bytes) -> list:
-    if isinstance(export, str | bytes):
-        try:
-            export = json.loads(export)
-        except ValueError as err:
-            raise ReviewImportError(f"export is not valid JSON: {err}") from None
-    if not isinstance(export, list):
-        raise ReviewImportError(
-            "export must be a JSON list of tasks (Label Studio's JSON export), "
-            f"got {type(export).__name__}"
-        )
-    if len(export) > MAX_TASKS:
-        raise ReviewImportError(
-            f"export has {len(export)} tasks, more than the limit of {MAX_TASKS}"
-        )
-    for i, task in enumerate(export):
-        if not isinstance(task, dict):
-            raise ReviewImportError(
-                f"export[{i}] must be a task object, got {type(task).__name__}"
-            )
-        task_id = task.get("id")
-        if isinstance(task_id, bool) or not isinstance(task_id, int):
-            raise ReviewImportError(f"export[{i}] has no integer task id: {task_id!r}")
-        if not isinstance(task.get("data"), dict):
-            raise ReviewImportError(f"task {task_id}: data must be an object")
-        if not isinstance(task.get("annotations", []), list):
-            raise ReviewImportError(f"task {task_id}: annotations must be a list")
-    return export
-
-
-def _utc(value: Any) -> pd.Timestamp:
-    """A UTC timestamp; naive values are taken as UTC, like the lake writes them."""
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def _annotation_time(ann: dict) -> pd.Timestamp | None:
-    for key in ("updated_at", "created_at"):
-        value = ann.get(key)
-        if value:
-            try:
-                ts = _utc(value)
-            except (TypeError, ValueError):
-                return None
-            return None if pd.isna(ts) else ts
-    return None
-
-
-def _reviewer(completed_by: Any) -> str | None:
-    if isinstance(completed_by, dict):
-        email = completed_by.get("email")
-        if isinstance(email, str) and email:
-            return email
-        completed_by = completed_by.get("id")
-    if isinstance(completed_by, int) and not isinstance(completed_by, bool):
-        return f"user-{completed_by}"
-    if isinstance(completed_by, str) and completed_by:
-        return completed_by
-    return None
 
 
 def _controls(result: list) -> dict[str, list[str]]:
@@ -416,27 +263,6 @@ def _controls(result: list) -> dict[str, list[str]]:
     return out
 
 
-def _latest_annotation(annotations: list) -> dict | None:
-    done = [
-        a
-        for a in annotations
-        if isinstance(a, dict) and not a.get("was_cancelled", False)
-    ]
-    if not done:
-        return None
-
-    def key(a: dict) -> tuple:
-        ts = _annotation_time(a)
-        aid = a.get("id")
-        return (
-            ts is not None,
-            ts if ts is not None else pd.Timestamp(0, tz="UTC"),
-            aid if isinstance(aid, int) else -1,
-        )
-
-    return max(done, key=key)
-
-
 def _verdict_row(task: dict, vocabulary: set[str]) -> tuple[dict | None, str | None]:
     """One verdict row for a task, or the reason it is quarantined."""
     data = task["data"]
@@ -446,7 +272,7 @@ def _verdict_row(task: dict, vocabulary: set[str]) -> tuple[dict | None, str | N
             return None, f"data.{key} is missing or empty"
     if IMAGE not in data:
         return None, "data.image is missing"
-    ann = _latest_annotation(task.get("annotations", []))
+    ann = latest_annotation(task.get("annotations", []))
     if ann is None:
         return None, "no annotation (none submitted, or all cancelled)"
     ann_id = ann.get("id")
@@ -472,10 +298,10 @@ def _verdict_row(task: dict, vocabulary: set[str]) -> tuple[dict | None, str | N
         return None, (
             f"annotation {ann_id}: condition tag(s) {unknown} not in the vocabulary"
         )
-    ts = _annotation_time(ann)
+    ts = annotation_time(ann)
     if ts is None:
         return None, f"annotation {ann_id}: missing or unreadable updated_at/created_at"
-    reviewer = _reviewer(ann.get("completed_by"))
+    reviewer = annotator_of(ann.get("completed_by"))
     if reviewer is None:
         return None, f"annotation {ann_id}: completed_by is missing"
     comment = "\n".join(t for t in controls.get(COMMENT, []) if t.strip()) or None
@@ -525,8 +351,8 @@ def parse_review_export(
             "allowed_url_prefixes must be a non-empty list of non-empty strings, "
             f"got {allowed_url_prefixes!r}"
         )
-    vocab = set(_check_names(vocabulary, name="vocabulary")) | {OTHER_TAG}
-    tasks = _load_export(export)
+    vocab = set(check_names(vocabulary, name="vocabulary")) | {OTHER_TAG}
+    tasks = load_export(export)
     # Security checks first, over every task, so a bad file yields nothing.
     for task in tasks:
         image = task["data"].get(IMAGE)
@@ -537,7 +363,7 @@ def parse_review_export(
                 f"task {task['id']}: data.image must be a string, "
                 f"got {type(image).__name__}"
             )
-        _check_image_url(image, prefixes, task_id=task["id"])
+        check_image_url(image, prefixes, task_id=task["id"])
 
     rows, bad, seen = [], [], set()
     for task in tasks:
@@ -592,7 +418,7 @@ def _event(
         "status": status,
         "opened_iteration": int(bug["opened_iteration"]),
         "closed_iteration": closed,
-        "ts": _utc(now),
+        "ts": utc(now),
     }
 
 
@@ -661,7 +487,7 @@ def update_edge_cases(
     )
     seeds_by_tag: dict[str, set[str]] = {}
     for row in latest[latest["verdict"] == "bug"].itertuples(index=False):
-        for tag in _as_list(row.tags) or [OTHER_TAG]:
+        for tag in as_list(row.tags) or [OTHER_TAG]:
             seeds_by_tag.setdefault(str(tag), set()).add(str(row.image_id))
 
     current = current_bugs(bugs)
@@ -670,7 +496,7 @@ def update_edge_cases(
         live = current[(current["tag"] == tag) & (current["status"] != "fixed")]
         if len(live):
             bug = live.sort_values("opened_iteration").iloc[-1]
-            seeds = set(_as_list(bug["seed_image_ids"]))
+            seeds = set(as_list(bug["seed_image_ids"]))
             union = seeds | seeds_by_tag[tag]
             if union != seeds:
                 events.append(
@@ -732,7 +558,7 @@ def advance_status(
         bug,
         _next_seq(bugs, bug_id),
         status=status,
-        seeds=_as_list(bug["seed_image_ids"]),
+        seeds=as_list(bug["seed_image_ids"]),
         now=now,
         closed=int(iteration) if status == "fixed" else None,
     )

@@ -1,0 +1,286 @@
+"""Label Studio plumbing shared by the review and the annotation round trips.
+
+- Building blocks for tasks and labeling configs (`hex_colour`, `check_names`,
+  `short_id`, `brush_results`).
+- Reading a JSON export safely: `load_export` checks the file's shape,
+  `check_image_url` rejects URLs that could reach outside the allowed roots, and
+  `latest_annotation` picks the annotation that counts.
+- `client` and `push_tasks`: an optional direct push through `label-studio-sdk`,
+  with the URL and token from `conf/local/credentials.yml`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import numpy as np
+import pandas as pd
+
+from edgeloop import lsrle
+
+MAX_TASKS = 100_000
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+
+
+class ExportRejected(ValueError):
+    """A Label Studio export is malformed or malicious; nothing of it is used."""
+
+
+def hex_colour(colour: Any, *, name: str) -> str:
+    if isinstance(colour, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", colour):
+        return colour.lower()
+    try:
+        rgb = [int(c) for c in colour]
+    except (TypeError, ValueError):
+        rgb = []
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"{name} must be an RGB triple or '#rrggbb', got {colour!r}")
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def check_names(names: Sequence[str], *, name: str) -> list[str]:
+    if isinstance(names, str):
+        raise ValueError(f"{name} must be a sequence of strings, got a string")
+    out = list(names)
+    bad = [n for n in out if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"{name} must be non-empty strings, got {bad}")
+    dup = sorted({n for n in out if out.count(n) > 1})
+    if dup:
+        raise ValueError(f"{name} has duplicates: {dup}")
+    return out
+
+
+def short_id(*parts: object) -> str:
+    """A stable 10-character id (Label Studio region ids are short strings)."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:10]
+
+
+def as_list(value: Any) -> list:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _decoded_forms(text: str) -> list[str]:
+    """The text and its percent-decodings, up to a fixed point (%252e -> %2e -> .)."""
+    forms = [text]
+    for _ in range(5):
+        nxt = unquote(forms[-1])
+        if nxt == forms[-1]:
+            break
+        forms.append(nxt)
+    return forms
+
+
+def _is_absolute_path(text: str) -> bool:
+    return (
+        text.startswith(("/", "\\", "~"))
+        or bool(_DRIVE.match(text))
+        or text.lower().startswith("file:")
+    )
+
+
+def check_image_url(url: str, prefixes: Sequence[str], *, task_id: Any) -> None:
+    """Raises ExportRejected when `url` could reach outside the allowed places."""
+    where = f"task {task_id}: data.image {url[:200]!r}"
+    for form in _decoded_forms(url):
+        if any(ord(c) < 32 for c in form):
+            raise ExportRejected(f"{where} contains control characters")
+        if ".." in re.split(r"[\\/?&=#;]", form):
+            raise ExportRejected(f"{where} contains path traversal ('..')")
+    if not url.startswith(tuple(prefixes)):
+        if any(_is_absolute_path(f) for f in _decoded_forms(url)):
+            raise ExportRejected(f"{where} is an absolute filesystem path")
+        raise ExportRejected(
+            f"{where} does not start with an allowed prefix {list(prefixes)}"
+        )
+    # Label Studio local files: /data/local-files/?d=<path>; the path must be
+    # relative to the storage root.
+    for _, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if any(_is_absolute_path(f) for f in _decoded_forms(value)):
+            raise ExportRejected(
+                f"{where} has an absolute filesystem path in its query"
+            )
+
+
+def load_export(export: list[dict] | str | bytes) -> list:
+    if isinstance(export, str | bytes):
+        try:
+            export = json.loads(export)
+        except ValueError as err:
+            raise ExportRejected(f"export is not valid JSON: {err}") from None
+    if not isinstance(export, list):
+        raise ExportRejected(
+            "export must be a JSON list of tasks (Label Studio's JSON export), "
+            f"got {type(export).__name__}"
+        )
+    if len(export) > MAX_TASKS:
+        raise ExportRejected(
+            f"export has {len(export)} tasks, more than the limit of {MAX_TASKS}"
+        )
+    for i, task in enumerate(export):
+        if not isinstance(task, dict):
+            raise ExportRejected(
+                f"export[{i}] must be a task object, got {type(task).__name__}"
+            )
+        task_id = task.get("id")
+        if isinstance(task_id, bool) or not isinstance(task_id, int):
+            raise ExportRejected(f"export[{i}] has no integer task id: {task_id!r}")
+        if not isinstance(task.get("data"), dict):
+            raise ExportRejected(f"task {task_id}: data must be an object")
+        if not isinstance(task.get("annotations", []), list):
+            raise ExportRejected(f"task {task_id}: annotations must be a list")
+    return export
+
+
+def utc(value: Any) -> pd.Timestamp:
+    """A UTC timestamp; naive values are taken as UTC, like the lake writes them."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def annotation_time(ann: dict) -> pd.Timestamp | None:
+    for key in ("updated_at", "created_at"):
+        value = ann.get(key)
+        if value:
+            try:
+                ts = utc(value)
+            except (TypeError, ValueError):
+                return None
+            return None if pd.isna(ts) else ts
+    return None
+
+
+def annotator_of(completed_by: Any) -> str | None:
+    if isinstance(completed_by, dict):
+        email = completed_by.get("email")
+        if isinstance(email, str) and email:
+            return email
+        completed_by = completed_by.get("id")
+    if isinstance(completed_by, int) and not isinstance(completed_by, bool):
+        return f"user-{completed_by}"
+    if isinstance(completed_by, str) and completed_by:
+        return completed_by
+    return None
+
+
+def latest_annotation(annotations: list) -> dict | None:
+    done = [
+        a
+        for a in annotations
+        if isinstance(a, dict) and not a.get("was_cancelled", False)
+    ]
+    if not done:
+        return None
+
+    def key(a: dict) -> tuple:
+        ts = annotation_time(a)
+        aid = a.get("id")
+        return (
+            ts is not None,
+            ts if ts is not None else pd.Timestamp(0, tz="UTC"),
+            aid if isinstance(aid, int) else -1,
+        )
+
+    return max(done, key=key)
+
+
+def brush_results(
+    mask: np.ndarray,
+    values: Sequence[int],
+    labels: Sequence[str],
+    *,
+    region_prefix: str,
+    from_name: str = "mask",
+    to_name: str = "image",
+) -> list[dict]:
+    """One Label Studio `brushlabels` result per label present in `mask`.
+
+    Args:
+        mask: (H, W) integer label map.
+        values: The mask value of each label; other values are left out.
+        labels: The brush label each value is shown as.
+        region_prefix: Makes the region ids stable and unique per task.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"mask must be a non-empty (H, W) array, got {mask.shape}")
+    h, w = mask.shape
+    present = set(np.unique(mask).tolist())
+    return [
+        {
+            "id": short_id(region_prefix, label),
+            "from_name": from_name,
+            "to_name": to_name,
+            "type": "brushlabels",
+            "original_width": int(w),
+            "original_height": int(h),
+            "image_rotation": 0,
+            "value": {
+                "format": "rle",
+                "rle": lsrle.encode(mask == v),
+                "brushlabels": [label],
+            },
+        }
+        for v, label in zip(values, labels, strict=True)
+        if int(v) in present
+    ]
+
+
+# -- a running Label Studio (optional) -------------------------------------------
+
+
+def client(url: str, token: str) -> Any:
+    """A `label_studio_sdk.LabelStudio` client (legacy token auth).
+
+    Start Label Studio with `--enable-legacy-api-token` and pass the token shown
+    under Account & Settings (or given with `--user-token`).
+    """
+    try:
+        from label_studio_sdk import LabelStudio
+    except ImportError as err:  # the sdk is in the dev extra
+        raise ImportError(
+            "pushing to Label Studio needs label-studio-sdk: "
+            "pip install 'label-studio-sdk==2.1.2'"
+        ) from err
+    if not url or not token:
+        raise ValueError(
+            "label_studio.url and label_studio.token are needed "
+            "(conf/local/credentials.yml: label_studio: {url: ..., token: ...})"
+        )
+    return LabelStudio(base_url=url, api_key=token)
+
+
+def push_tasks(
+    ls: Any, *, title: str, label_config: str, tasks: list[dict]
+) -> dict[str, Any]:
+    """Creates (or reuses, by title) a project and imports `tasks` into it.
+
+    Returns:
+        {"project_id", "title", "tasks"}: the project and how many were sent.
+    """
+    project = next((p for p in ls.projects.list() if p.title == title), None)
+    if project is None:
+        project = ls.projects.create(title=title, label_config=label_config)
+    else:
+        ls.projects.update(id=project.id, label_config=label_config)
+    if tasks:
+        ls.projects.import_tasks(id=project.id, request=tasks)
+    return {"project_id": int(project.id), "title": title, "tasks": len(tasks)}
+
+
+def fetch_export(ls: Any, project_id: int) -> bytes:
+    """A project's JSON export (every task, with annotations), as bytes."""
+    chunks = ls.projects.exports.download_sync(
+        project_id, export_type="JSON", download_all_tasks=True
+    )
+    return chunks if isinstance(chunks, bytes) else b"".join(chunks)
