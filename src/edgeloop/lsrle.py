@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["RleError", "decode", "encode"]
+__all__ = ["RleError", "decode", "declared_pixels", "encode"]
 
 _HEADER_BITS = 53
 _WORD = 8
@@ -142,6 +142,20 @@ def _as_bytes(rle: Sequence[int]) -> np.ndarray:
                     f"RLE values must be ints 0..255, got {value!r}"
                 ) from None
         raise RleError("RLE must be a sequence of ints 0..255") from None
+
+
+def declared_pixels(rle: Sequence[int]) -> int:
+    """The pixel count a stream's header declares (values / 4), read from 7 bytes.
+
+    Lets an importer reject a stream claiming a huge image before decoding it.
+    """
+    data = _as_bytes(list(rle[:7]))
+    if data.size < 7:
+        raise RleError(
+            f"RLE stream truncated: {data.size} bytes cannot hold the 53-bit header"
+        )
+    head = int.from_bytes(data[:7].tobytes(), "big") >> (56 - _HEADER_BITS)
+    return (head >> 21) // 4
 
 
 def decode(
