@@ -62,6 +62,8 @@ LABEL_COLUMNS = [
     "started_from",
     "bug_ids",
     "mask",
+    "pre_iou",
+    "pre_changed_frac",
 ]
 _GENERIC_COLOUR = "#9e9e9e"
 
@@ -289,12 +291,14 @@ def _label_row(
     annotator = annotator_of(ann.get("completed_by"))
     if annotator is None:
         return None, f"annotation {ann_id}: completed_by is missing"
+    final = _overlay(regions, (h, w), unlabeled)
     prediction = ann.get("prediction")
-    started = (
-        str(prediction.get("model_version") or "").split(":", 1)[0]
-        if isinstance(prediction, dict)
-        else ""
-    )
+    started, measured = "", {"iou": None, "changed_frac": None}
+    if isinstance(prediction, dict):
+        started = str(prediction.get("model_version") or "").split(":", 1)[0]
+        pre = _prediction_mask(prediction, class_map, h, w, max_pixels)
+        if pre is not None:
+            measured = effort(pre, final, ignore_index=class_map.ignore_index)
     bug_ids = [b for b in str(data.get("bug_ids") or "").split(",") if b]
     return {
         "task_id": int(task["id"]),
@@ -304,8 +308,41 @@ def _label_row(
         "ts": ts,
         "started_from": started or None,
         "bug_ids": bug_ids,
-        "mask": _overlay(regions, (h, w), unlabeled),
+        "mask": final,
+        "pre_iou": measured["iou"],
+        "pre_changed_frac": measured["changed_frac"],
     }, None
+
+
+def _prediction_mask(
+    prediction: dict, class_map: ClassMap, h: int, w: int, max_pixels: int
+) -> np.ndarray | None:
+    """The pre-annotation an annotation started from, on the class map.
+
+    Generic and unknown labels stay ignore; None when it cannot be read (then
+    no effort is measured for that task, and the label still lands).
+    """
+    result = prediction.get("result")
+    if not isinstance(result, list):
+        return None
+    regions = []
+    for item in _brush_items(result):
+        labels = item["value"].get("brushlabels")
+        if not isinstance(labels, list) or len(labels) != 1:
+            return None
+        if (item.get("original_width"), item.get("original_height")) != (w, h):
+            return None
+        try:
+            region = lsrle.decode(item["value"].get("rle"), h, w, max_pixels=max_pixels)
+        except (lsrle.RleError, TypeError):
+            return None
+        cid = (
+            class_map.id_of(labels[0])
+            if labels[0] in class_map.names
+            else class_map.ignore_index
+        )
+        regions.append((cid, region))
+    return _overlay(regions, (h, w), class_map.ignore_index)
 
 
 def parse_annotation_export(

@@ -235,6 +235,26 @@ def render_markdown(card: Mapping[str, Any]) -> str:
                 f"{_fmt(b['before'])} | {_fmt(b['after'])} | {_delta(b['delta'])} |"
             )
         lines.append("")
+    lab = card.get("labeling") or {}
+    if lab.get("labels"):
+        lines += [
+            "## Labeling effort",
+            "",
+            f"{lab['labels']} human label(s) imported for this iteration from "
+            f"{', '.join(lab.get('annotators') or []) or 'unknown annotators'} "
+            f"({lab.get('quarantined', 0)} task(s) quarantined). How much of each "
+            "pre-annotation people had to change (IoU with the final label, and "
+            "the fraction of pixels changed; lower is less work):",
+            "",
+            "| started from | labels | IoU | pixels changed |",
+            "|---|---|---|---|",
+        ]
+        for method, e in sorted((lab.get("effort") or {}).items()):
+            lines.append(
+                f"| {method} | {e['n']} | {_fmt(e['mean_iou'])} | "
+                f"{e['mean_changed_frac']:.1%} |"
+            )
+        lines.append("")
     r = card["reproducibility"]
     lines += [
         "## Reproducibility",

@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -236,7 +238,38 @@ def brush_results(
     ]
 
 
+def local_files_url(path: str | Path, document_root: str | Path, prefix: str) -> str:
+    """The Label Studio local-files URL of a file under `document_root`.
+
+    Raises:
+        ValueError: the file is outside `document_root` (Label Studio could not
+            serve it).
+    """
+    try:
+        rel = Path(path).resolve().relative_to(Path(document_root).resolve())
+    except ValueError as err:
+        raise ValueError(
+            f"document_root {str(document_root)!r} does not contain "
+            f"{str(path)!r}: Label Studio could not serve it"
+        ) from err
+    return prefix + quote(rel.as_posix(), safe="/")
+
+
 # -- a running Label Studio (optional) -------------------------------------------
+
+
+def credentials(project: str | Path = ".") -> dict[str, str]:
+    """Label Studio's URL and token: `LABEL_STUDIO_URL` / `LABEL_STUDIO_API_KEY`,
+    else `label_studio: {url, token}` in `conf/local/credentials.yml`."""
+    import yaml
+
+    creds: dict[str, Any] = {}
+    path = Path(project) / "conf" / "local" / "credentials.yml"
+    if path.is_file():
+        creds = dict((yaml.safe_load(path.read_text()) or {}).get("label_studio") or {})
+    url = os.environ.get("LABEL_STUDIO_URL") or creds.get("url")
+    token = os.environ.get("LABEL_STUDIO_API_KEY") or creds.get("token")
+    return {"url": str(url or ""), "token": str(token or "")}
 
 
 def client(url: str, token: str) -> Any:

@@ -38,6 +38,7 @@ __all__ = [
     "PreLabel",
     "agreement",
     "class_mask",
+    "generic_members",
     "generic_name",
     "load_off_the_shelf",
     "model_prelabel",
@@ -62,6 +63,16 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 def generic_name(source_class: str) -> str:
     """The generic brush of a source class that maps to several of ours."""
     return f"{source_class}?"
+
+
+def generic_members(spec: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Generic brush -> the classes it stands for, from an off-the-shelf spec."""
+    mapping = spec.get("class_mapping") or {}
+    return {
+        generic_name(src): list(t)
+        for src, t in mapping.items()
+        if not isinstance(t, str) and len(t) > 1
+    }
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The discover composite: production, review, similarity, acquisition.
+"""The discover composite: production, review, similarity, acquisition,
+pseudo-labelling and the annotation export (tasks ready for people).
 
 The stages share the lake as a side effect, so each stage reads the lake from
 the `lake_after` node of the stage before it (`lake_scored`, `lake_reviewed`):
@@ -8,8 +9,10 @@ that is what orders them.
 from kedro.pipeline import Pipeline, node, pipeline
 
 from edgeloop.pipelines.acquisition import create_pipeline as acquisition
+from edgeloop.pipelines.annotation import export_pipeline
 from edgeloop.pipelines.common import lake_after
 from edgeloop.pipelines.production import create_pipeline as production
+from edgeloop.pipelines.pseudo_labelling import create_pipeline as pseudo_labelling
 from edgeloop.pipelines.review import create_pipeline as review
 from edgeloop.pipelines.similarity import create_pipeline as similarity
 
@@ -31,4 +34,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         + pipeline(review(), inputs={"lake": "lake_scored"})
         + pipeline(similarity(), inputs={"lake": "lake_reviewed"})
         + pipeline(acquisition(), inputs={"lake": "lake_reviewed"})
+        + pipeline(pseudo_labelling(), inputs={"lake": "lake_reviewed"})
+        + pipeline(export_pipeline(), inputs={"lake": "lake_reviewed"})
     )

@@ -287,6 +287,10 @@ def _value_counts(values: pd.Series) -> dict[str, int]:
     return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
 
 
+def _first_set(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
 def write_model_card(
     trained_model: TrainedModel,
     promoted: PromotedModel,
@@ -303,6 +307,7 @@ def write_model_card(
     parameters: dict[str, Any],
     evaluation: dict[str, Any],
     bug_report: list[dict[str, Any]],
+    annotation_import_report: dict[str, Any],
 ) -> tuple[dict[str, Any], str]:
     """The model card, JSON and Markdown, rendered from the saved results."""
     meta = trained_model.metadata
@@ -388,6 +393,10 @@ def write_model_card(
             ),
         },
         "edge_cases": bug_report,
+        "labeling": {
+            k: annotation_import_report.get(k)
+            for k in ("labels", "quarantined", "images_added", "annotators", "effort")
+        },
         "reproducibility": {
             "git_commit": git_commit(),
             "env": run_provenance.get("env") if run_provenance else None,
@@ -401,9 +410,16 @@ def write_model_card(
             else None,
             "lake_versions": {
                 "images": lake_images.attrs.get("delta_version"),
-                "labels": datasets.get("lake_labels", {}).get("delta_version"),
+                # What the iteration saw: after its annotation import, if any.
+                "labels": _first_set(
+                    annotation_import_report.get("labels_version"),
+                    datasets.get("lake_labels", {}).get("delta_version"),
+                ),
                 "models": lake_models.attrs.get("delta_version"),
-                "edge_cases": datasets.get("lake_edge_cases", {}).get("delta_version"),
+                "edge_cases": _first_set(
+                    annotation_import_report.get("edge_cases_version"),
+                    datasets.get("lake_edge_cases", {}).get("delta_version"),
+                ),
             },
             "datasets": {
                 name: {

@@ -106,6 +106,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "parameters",
                     "params:evaluation",
                     "bug_report",
+                    "annotation_import_report",
                 ],
                 outputs=["model_card_json", "model_card_md"],
                 name="write_model_card",

@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pandas as pd
 from matplotlib.figure import Figure
 
 from edgeloop.classmap import ClassMap
 from edgeloop.imaging import decode_mask
+from edgeloop.labelstudio import local_files_url
 from edgeloop.lake import Lake
 from edgeloop.prodlog import predictions_between
 from edgeloop.review import (
@@ -216,15 +216,7 @@ def import_review_verdicts(
 
 def _url(blob: str, lake: Lake, document_root: Path, prefix: str) -> str:
     """The Label Studio local-files URL of a lake blob (relative to its root)."""
-    path = Path(lake.root) / blob
-    try:
-        rel = path.resolve().relative_to(document_root.resolve())
-    except ValueError as err:
-        raise ValueError(
-            f"review.tasks.document_root {str(document_root)!r} does not contain "
-            f"the lake blob {str(path)!r}: Label Studio could not serve it"
-        ) from err
-    return prefix + quote(rel.as_posix(), safe="/")
+    return local_files_url(Path(lake.root) / blob, document_root, prefix)
 
 
 def export_review_tasks(

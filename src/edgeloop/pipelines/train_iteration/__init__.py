@@ -1,4 +1,4 @@
-"""train_iteration: slicing, training and evaluation of iteration k."""
+"""train_iteration: annotation import, slicing, training, evaluation (iteration k)."""
 
 from edgeloop.pipelines.train_iteration.pipeline import create_pipeline
 
