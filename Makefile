@@ -4,11 +4,15 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Label Studio lives in its own env: its dependencies clash with ours.
+LS_VENV := .venv-ls
+LS_VERSION := 1.23.2
+LS_STAMP := $(LS_VENV)/.installed-$(LS_VERSION)
 export KEDRO_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export MPLBACKEND := Agg
 
-.PHONY: run test lint viz bench-ingest clean-data
+.PHONY: run test lint viz bench-ingest clean-data label-studio
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -19,11 +23,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(LS_STAMP):
+	$(PYTHON) -m venv $(LS_VENV) || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --quiet 'label-studio==$(LS_VERSION)'
+	touch $(LS_STAMP)
+
+label-studio: $(LS_STAMP)  ## Label Studio for the labeling step (see README)
+
 run: $(STAMP)  ## the default pipeline on the built-in synthetic data
 	$(BIN)/kedro run
 
-test: $(STAMP)  ## the whole test suite, slow tests included
-	$(BIN)/pytest -q --durations=15
+test: $(STAMP) $(LS_STAMP)  ## the whole test suite, slow tests included
+	EDGELOOP_LABEL_STUDIO=$(abspath $(LS_VENV))/bin/label-studio $(BIN)/pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -25,15 +25,21 @@ log = logging.getLogger(__name__)
 VOLATILE_COLUMNS = ("ingested_at", "created_at")
 
 
+def _hashable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return json.dumps(value.tolist())
+    if isinstance(value, bytes):  # e.g. PNG blobs: str() of bytes is not utf-8 safe
+        return hashlib.sha256(value).hexdigest()
+    return value
+
+
 def fingerprint(data: Any) -> str | None:
     """A sha256 of a loaded object's content, or None for handles and unknowns."""
     h = hashlib.sha256()
     if isinstance(data, pd.DataFrame):
         data = data.drop(columns=[c for c in VOLATILE_COLUMNS if c in data.columns])
         h.update(json.dumps([str(c) for c in data.columns]).encode())
-        hashable = data.map(
-            lambda v: json.dumps(v.tolist()) if isinstance(v, np.ndarray) else v
-        )
+        hashable = data.map(_hashable)
         h.update(
             pd.util.hash_pandas_object(
                 hashable.astype(str), index=False

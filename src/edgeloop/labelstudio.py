@@ -312,8 +312,24 @@ def push_tasks(
 
 
 def fetch_export(ls: Any, project_id: int) -> bytes:
-    """A project's JSON export (every task, with annotations), as bytes."""
+    """A project's JSON export (every task, with annotations), as bytes.
+
+    Annotators appear as `{"id", "email"}` (the export itself gives user ids).
+    """
     chunks = ls.projects.exports.download_sync(
         project_id, export_type="JSON", download_all_tasks=True
     )
-    return chunks if isinstance(chunks, bytes) else b"".join(chunks)
+    raw = chunks if isinstance(chunks, bytes) else b"".join(chunks)
+    try:
+        tasks = json.loads(raw)
+        emails = {u.id: u.email for u in ls.users.list() if getattr(u, "email", None)}
+    except (ValueError, TypeError):
+        return raw  # the importer reports what is wrong with it
+    if not isinstance(tasks, list):
+        return raw
+    for task in tasks:
+        for ann in (task.get("annotations") or []) if isinstance(task, dict) else []:
+            uid = ann.get("completed_by") if isinstance(ann, dict) else None
+            if isinstance(uid, int) and uid in emails:
+                ann["completed_by"] = {"id": uid, "email": emails[uid]}
+    return json.dumps(tasks).encode()
