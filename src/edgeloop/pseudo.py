@@ -441,3 +441,60 @@ def quality(confidence: float, agreements: Sequence[float]) -> float:
     if not agreements:
         return float(confidence)
     return float(0.5 * confidence + 0.5 * np.mean(agreements))
+
+
+def train_stand_in(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    *,
+    categories: Sequence[str],
+    architecture: str = "lraspp_mobilenet_v3_large",
+    steps: int = 50,
+    size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """Trains a small torchvision model to stand in for an off-the-shelf one.
+
+    Where no COCO/VOC weights can be had (no network), this gives a real
+    checkpoint with its own class list (e.g. background/aircraft) to exercise
+    the off-the-shelf method. `masks` hold indices into `categories`.
+    """
+    import torch.nn.functional as F
+
+    builder, _ = _torchvision_builder(architecture)
+    torch.manual_seed(seed)
+    model = builder(weights=None, weights_backbone=None, num_classes=len(categories))
+    mean = torch.tensor(_IMAGENET[0]).view(1, 3, 1, 1)
+    std = torch.tensor(_IMAGENET[1]).view(1, 3, 1, 1)
+    x = torch.stack(
+        [torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in images]
+    )
+    y = torch.stack([torch.from_numpy(m.astype(np.int64)) for m in masks])
+    x = F.interpolate((x - mean) / std, size=(size, size), mode="bilinear")
+    y = F.interpolate(y[:, None].float(), size=(size, size), mode="nearest")[:, 0]
+    # Inverse-frequency class weights: objects are a few % of the pixels.
+    counts = torch.bincount(y[y != UNLABELED].long(), minlength=len(categories))
+    weight = (counts.sum() / counts.clamp_min(1).float()) ** 0.5
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(int(steps)):
+        idx = torch.randint(len(x), (min(8, len(x)),), generator=gen)
+        out = model(x[idx])["out"]
+        loss = F.cross_entropy(
+            out, y[idx].long(), weight=weight / weight.sum(), ignore_index=UNLABELED
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # MobileNetV3's BatchNorm momentum (0.01) is far too slow for a short run:
+    # recompute the running statistics over the data before eval.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average
+        for start in range(0, len(x), 8):
+            model(x[start : start + 8])
+    return model.eval()
