@@ -161,7 +161,11 @@ def test_effort_is_measured_against_the_prediction_the_annotation_started_from()
 
 def test_tasks_put_doubtful_pre_annotations_first_and_the_config_has_generics():
     queue = pd.DataFrame(
-        {"image_id": ["a", "b"], "reason": ["bug:bug-1", "random"], "detail": ["", ""]}
+        {
+            "image_id": ["a", "b"],
+            "reason": ["bug_candidate", "random"],
+            "detail": ["bug-glare-0 (glare): #1 nearest to abc", None],
+        }
     )
     pres = {
         "a": [(PreLabel("own_model", _mask(0), tuple(NAMES), 0.9), 0.9)],
@@ -177,7 +181,8 @@ def test_tasks_put_doubtful_pre_annotations_first_and_the_config_has_generics():
         "slic",
         "own_model",
     ]
-    assert tasks[1]["data"]["bug_ids"] == "bug-1"
+    assert tasks[1]["data"]["bug_ids"] == "bug-glare-0"
+    assert tasks[0]["data"]["bug_ids"] == "" and tasks[0]["data"]["reason"] == "random"
     region = tasks[1]["predictions"][0]["result"][0]
     decoded = lsrle.decode(region["value"]["rle"], H, W)
     label = NAMES.index(region["value"]["brushlabels"][0])

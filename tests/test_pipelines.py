@@ -43,6 +43,9 @@ def test_registry_has_curated_default():
         "cluster_images",
         "find_similar",
         "build_labeling_queue",
+        "prelabel_queue",
+        "export_annotation_tasks",
+        "import_annotations",
     } <= default
 
 
@@ -254,6 +257,16 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
         ]
         == f"model:{row['model_version']}"
     )
+    # ... and ends with pre-labelled tasks, ready for people in Label Studio.
+    pseudo = json.loads(
+        Path("data/08_reporting/iter_0/pseudo_label_report.json").read_text()
+    )
+    assert set(pseudo["per_method"]) == {"own_model", "slic"}
+    assert pseudo["skipped"] == {"off_the_shelf": "no checkpoint found locally"}
+    tasks = json.loads(
+        Path("data/07_model_output/iter_0/annotation_tasks.json").read_text()
+    )
+    assert len(tasks) == 50 and all(len(t["predictions"]) == 2 for t in tasks)
     # The exploration notebook runs on these outputs, in the ci environment.
     monkeypatch.setenv("KEDRO_ENV", "ci")
     text = _execute_notebook(REPO / "notebooks" / "explore_iteration.ipynb")

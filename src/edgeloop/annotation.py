@@ -165,9 +165,11 @@ def annotation_tasks(
                     "result": result,
                 }
             )
-        detail = getattr(row, "detail", "")
+        detail = getattr(row, "detail", None)
+        detail = detail if isinstance(detail, str) else ""
         reason = str(row.reason)
-        bug_ids = reason.split(":", 1)[1] if reason.startswith("bug:") else ""
+        # A bug's KNN candidate: the detail starts with the bug id.
+        bug_ids = detail.split(" ", 1)[0] if reason == "bug_candidate" else ""
         tasks.append(
             {
                 "data": {
