@@ -109,3 +109,12 @@ def test_export_then_import_from_files_and_malicious_files_write_nothing(project
     effort = report["effort"]
     assert sum(e["n"] for e in effort.values()) == 4
     assert all(0 < e["mean_changed_frac"] < 1 for e in effort.values())
+    # The exports stay in the folder: the next iteration's import reads them
+    # again and adds nothing (the labels keep the iteration they came in).
+    _run(["annotation"], ["import_annotations"], iteration=2)
+    again = json.loads(
+        Path("data/08_reporting/iter_2/annotation_import_report.json").read_text()
+    )
+    assert again["labels"] == 0 and again["already_imported"] == 4
+    labels = lake.read("labels")
+    assert labels[labels["origin"] == "human"]["iteration"].tolist() == [1] * 4

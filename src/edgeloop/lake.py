@@ -168,6 +168,14 @@ PARTITIONS: dict[str, list[str]] = {"predictions": ["date"]}
 ORIGINS = ("seed", "human", "pseudo")
 
 
+def blob_uri(data: bytes, *, kind: str, ext: str = "png") -> str:
+    """The root-relative URI `Lake.put_blob` stores `data` under (its sha256)."""
+    if not kind.isidentifier():
+        raise LakeError(f"blob kind must be an identifier, got {kind!r}")
+    digest = sha256(data)
+    return f"blobs/{kind}/{digest[:2]}/{digest}.{ext}"
+
+
 class LakeError(ValueError):
     """A write the lake refuses: nothing was stored."""
 
@@ -206,10 +214,7 @@ class Lake:
 
         Writing the same bytes twice is a no-op, so blobs are never overwritten.
         """
-        if not kind.isidentifier():
-            raise LakeError(f"blob kind must be an identifier, got {kind!r}")
-        digest = sha256(data)
-        uri = f"blobs/{kind}/{digest[:2]}/{digest}.{ext}"
+        uri = blob_uri(data, kind=kind, ext=ext)
         path = self._path(uri)
         if self._fs.exists(path):
             return uri

@@ -21,8 +21,15 @@ from edgeloop.annotation import (
 )
 from edgeloop.classmap import ClassMap
 from edgeloop.features import image_features
-from edgeloop.imaging import decode_image
-from edgeloop.lake import ImageRecord, LabelRecord, LabelRegistry, Lake, add_images
+from edgeloop.imaging import decode_image, encode_png
+from edgeloop.lake import (
+    ImageRecord,
+    LabelRecord,
+    LabelRegistry,
+    Lake,
+    add_images,
+    blob_uri,
+)
 from edgeloop.pipelines.pseudo_labelling.nodes import prelabels_from_frame
 from edgeloop.pseudo import SEGMENT_LABEL, generic_members
 from edgeloop.review_tasks import advance_status, current_bugs
@@ -114,6 +121,34 @@ def _candidate_images(lake: Lake, images: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([known.assign(source=None), preds], ignore_index=True)
 
 
+def _not_yet_imported(
+    got: pd.DataFrame, labels: pd.DataFrame
+) -> tuple[pd.DataFrame, int]:
+    """Drops annotations an earlier run already imported.
+
+    Exports stay in the exports folder, so the next iteration reads them again:
+    a human label of the same image, with the same mask and annotator, is
+    already in the registry (with the iteration it was first imported in) and
+    is not added again as this iteration's label.
+    """
+    if got.empty or labels is None or labels.empty:
+        return got, 0
+    human = labels[labels["origin"] == "human"]
+    known = set(
+        zip(human["image_id"], human["mask_blob"], human["annotator"], strict=True)
+    )
+    keep = [
+        (
+            r.image_id,
+            blob_uri(encode_png(np.asarray(r.mask, dtype=np.uint8)), kind="masks"),
+            str(r.annotator),
+        )
+        not in known
+        for r in got.itertuples()
+    ]
+    return got[keep], int(len(keep) - sum(keep))
+
+
 def import_annotations(
     lake: Lake,
     images: pd.DataFrame,
@@ -180,6 +215,7 @@ def import_annotations(
     got = got.sort_values(["ts", "task_id"], kind="stable").drop_duplicates(
         "image_id", keep="last"
     )
+    got, already = _not_yet_imported(got, labels)
     new_images = candidates[
         candidates["image_id"].isin(got["image_id"])
         & ~candidates["image_id"].isin(images["image_id"])
@@ -234,6 +270,7 @@ def import_annotations(
     measured = got.dropna(subset=["pre_iou"])
     report |= {
         "labels": int(len(got)),
+        "already_imported": already,
         "quarantined": int(len(quarantine)),
         "images_added": len(records),
         "images_version": images_version,
