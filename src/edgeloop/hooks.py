@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 
 # When a row was written says nothing about its content: not fingerprinted.
-VOLATILE_COLUMNS = ("ingested_at", "created_at")
+# `card_uri` addresses a card by all its bytes, its volatile section included.
+VOLATILE_COLUMNS = ("ingested_at", "created_at", "card_uri")
+# Tables whose `ts` is when an event row was written (the bugs log).
+_EVENT_LOG_COLUMNS = {"event_id", "bug_id", "ts"}
 
 
 def _hashable(value: Any) -> Any:
@@ -33,18 +36,38 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def _without_volatile(text: Any) -> Any:
+    """A JSON object column (e.g. models.metadata_json) less its `volatile` key."""
+    if not isinstance(text, str) or not text.startswith("{"):
+        return text
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text
+    obj.pop("volatile", None)
+    return json.dumps(obj, sort_keys=True)
+
+
 def fingerprint(data: Any) -> str | None:
-    """A sha256 of a loaded object's content, or None for handles and unknowns."""
+    """A sha256 of a loaded object's content, or None for handles and unknowns.
+
+    For a table the fingerprint ignores row order (a Delta read has none) and
+    what only says when or on which machine a row was written.
+    """
     h = hashlib.sha256()
     if isinstance(data, pd.DataFrame):
-        data = data.drop(columns=[c for c in VOLATILE_COLUMNS if c in data.columns])
+        volatile = [c for c in VOLATILE_COLUMNS if c in data.columns]
+        if set(data.columns) >= _EVENT_LOG_COLUMNS:
+            volatile.append("ts")
+        data = data.drop(columns=volatile)
+        if "metadata_json" in data.columns:
+            data = data.assign(
+                metadata_json=data["metadata_json"].map(_without_volatile)
+            )
         h.update(json.dumps([str(c) for c in data.columns]).encode())
         hashable = data.map(_hashable)
-        h.update(
-            pd.util.hash_pandas_object(
-                hashable.astype(str), index=False
-            ).values.tobytes()
-        )
+        rows = pd.util.hash_pandas_object(hashable.astype(str), index=False).values
+        h.update(np.sort(rows).tobytes())
         return h.hexdigest()
     if hasattr(data, "images") and hasattr(data, "masks"):  # ModelInput
         for arr in (
