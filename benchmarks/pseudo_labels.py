@@ -127,13 +127,22 @@ def _score(pres: list[np.ndarray], truth: list[np.ndarray]) -> dict:
     }
 
 
-def _slic_ms(repeats: int = 10) -> float:
+def _slic_ms(image: np.ndarray | None = None, repeats: int = 10) -> float:
+    """Median ms of `slic_segments` (project defaults) on a 480x360 image.
+
+    Default image: the worst case we know, uniform noise (half of it darker),
+    on which SLIC's k-means moves the most.
+    """
     import torch
+    from PIL import Image
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(0)
-    image = (rng.random((360, 480, 3)) * 255).astype(np.uint8)
-    image[:, 240:] //= 3
+    if image is None:
+        rng = np.random.default_rng(0)
+        image = (rng.random((360, 480, 3)) * 255).astype(np.uint8)
+        image[:, 240:] //= 3
+    else:
+        image = np.asarray(Image.fromarray(image).resize((480, 360)))
     slic_segments(image)  # warm up
     times = []
     for _ in range(repeats):
@@ -234,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     results["off_the_shelf"]["s_per_image"] = shelf_s
 
     slic_ms = _slic_ms()
+    slic_frame_ms = _slic_ms(images[0])
     print()
     print("| method | mIoU vs truth | pixels to change | p90 changed | s/image |")
     print("|---|---|---|---|---|")
@@ -254,14 +264,21 @@ def main(argv: list[str] | None = None) -> int:
         f"(target <= 15% from iteration 1 on; this model is iteration "
         f"{row['iteration']}): {'met' if target else 'NOT met'}"
     )
+    slic_ok = "met" if max(slic_ms, slic_frame_ms) <= 100 else "NOT met"
     print(
-        f"SLIC on 480x360, one thread: {slic_ms:.1f} ms "
-        f"(target <= 100 ms): {'met' if slic_ms <= 100 else 'NOT met'}"
+        f"SLIC on 480x360, one thread: {slic_ms:.1f} ms on noise (worst case), "
+        f"{slic_frame_ms:.1f} ms on a {args.dataset} frame resized to 480x360 "
+        f"(target <= 100 ms): {slic_ok}"
     )
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"dataset": args.dataset, "results": results, "slic_ms": slic_ms},
+                {
+                    "dataset": args.dataset,
+                    "results": results,
+                    "slic_ms": slic_ms,
+                    "slic_frame_ms": slic_frame_ms,
+                },
                 indent=1,
             )
         )

@@ -49,6 +49,7 @@ class PseudoConfig:
     methods: tuple[str, ...]
     n_segments: int
     compactness: float
+    max_num_iter: int
     off_the_shelf: Mapping[str, Any]
     batch_size: int
 
@@ -66,6 +67,7 @@ class PseudoConfig:
             methods=methods,
             n_segments=int(slic.get("n_segments", 300)),
             compactness=float(slic.get("compactness", 10.0)),
+            max_num_iter=int(slic.get("max_num_iter", 5)),
             off_the_shelf=dict(params.get("off_the_shelf") or {}),
             batch_size=int(params.get("batch_size", 8)),
         )
@@ -158,6 +160,7 @@ def prelabel_queue(
                         model_mask=None if own_pres is None else own_pres[k].mask,
                         n_segments=config.n_segments,
                         compactness=config.compactness,
+                        max_num_iter=config.max_num_iter,
                     )
                 )
             seconds["slic"] += time.perf_counter() - t0
