@@ -49,6 +49,7 @@ __all__ = [
     "generic_labels",
     "labeling_config",
     "parse_annotation_export",
+    "prediction_mask",
 ]
 
 IMAGE, MASK = "image", "mask"
@@ -298,7 +299,7 @@ def _label_row(
     started, measured = "", {"iou": None, "changed_frac": None}
     if isinstance(prediction, dict):
         started = str(prediction.get("model_version") or "").split(":", 1)[0]
-        pre = _prediction_mask(prediction, class_map, h, w, max_pixels)
+        pre = prediction_mask(prediction, class_map, h, w, max_pixels)
         if pre is not None:
             measured = effort(pre, final, ignore_index=class_map.ignore_index)
     bug_ids = [b for b in str(data.get("bug_ids") or "").split(",") if b]
@@ -316,10 +317,17 @@ def _label_row(
     }, None
 
 
-def _prediction_mask(
-    prediction: dict, class_map: ClassMap, h: int, w: int, max_pixels: int
+def prediction_mask(
+    prediction: dict,
+    class_map: ClassMap,
+    h: int,
+    w: int,
+    max_pixels: int = 50_000_000,
 ) -> np.ndarray | None:
-    """The pre-annotation an annotation started from, on the class map.
+    """A Label Studio prediction's brush regions as one label map (class ids).
+
+    Used for the pre-annotation an annotation started from, and by the
+    simulated reviewer to read a review task's predicted mask.
 
     Generic and unknown labels stay ignore; None when it cannot be read (then
     no effort is measured for that task, and the label still lands).

@@ -1,0 +1,232 @@
+"""Label efficiency: hitl against random and uncertainty (entropy) sampling.
+
+Usage:
+    .venv/bin/python benchmarks/label_efficiency.py [--env bench] [--seeds 0,1,2]
+        [--strategies random,entropy,hitl] [--iterations 5] [--budget 20]
+        [--out data/09_label_efficiency] [--project .]
+
+It wraps `edgeloop simulate` (the same Kedro pipelines for every strategy, the
+simulated annotator answering through the Label Studio import path), runs the
+full-data reference (the same recipe on the whole pool), and prints, per
+strategy, mean ± std over the seeds of:
+
+- the masks, and the annotation cost (1 per mask + review cost), needed to
+  reach 95% of the full-data mIoU;
+- the mIoU at each budget;
+- forgetting events (judged on the fixed eval set, independently of the gate).
+
+Runs are resumable: re-running with the same --out continues where it stopped.
+The curves are saved as PNG in --out (learning_curves.png, slice_curves.png,
+label_efficiency.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edgeloop.commands import project_config
+from edgeloop.simulate import REFERENCE, SimulationPlan, load_records, simulate
+
+TARGET = 0.95
+
+
+def _pm(values: list[float], fmt: str = "{:.3f}") -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
+
+
+def _reach(records: list[dict], target: float) -> tuple[float, float] | None:
+    """(masks, cost) at the first iteration whose eval mIoU reaches target."""
+    for rec in sorted(records, key=lambda r: r["iteration"]):
+        if rec["slices"]["all"]["miou"] >= target:
+            return rec["masks"], rec["cost"]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--project", type=Path, default=Path("."))
+    ap.add_argument("--env", default="bench", help="Kedro env (default: bench)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--strategies", default="random,entropy,hitl")
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--budget", type=int, default=20, help="masks per iteration")
+    ap.add_argument("--out", type=Path, default=Path("data/09_label_efficiency"))
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args(argv)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    strategies = [s for s in args.strategies.split(",") if s]
+    env = None if args.env == "local" else args.env
+    project, out = args.project.resolve(), args.out.resolve()
+
+    t0 = time.perf_counter()
+    for strategy in [REFERENCE, *strategies]:
+        plan = SimulationPlan(
+            project=project,
+            out=out,
+            strategy=strategy,
+            iterations=args.iterations,
+            budget=args.budget,
+            seeds=seeds,
+            env=env,
+            progress=not args.quiet,
+        )
+        simulate(plan, echo=lambda s: print(s, flush=True))
+    minutes = (time.perf_counter() - t0) / 60
+
+    _, params = project_config(project, env)
+    sim, syn = params.get("simulation") or {}, params.get("synthetic") or {}
+    training = {
+        **params.get("training", {}),
+        **sim.get("overrides", {}).get("training", {}),
+    }
+    records = [r for r in load_records(out) if r["seed"] in seeds]
+    full = [
+        r["slices"]["all"]["miou"]
+        for r in records
+        if r["strategy"] == REFERENCE and r["iteration"] == 1
+    ]
+    if not full:
+        print("no full-data reference run found", file=sys.stderr)
+        return 1
+    full_miou = float(np.mean(full))
+    target = TARGET * full_miou
+    pool = records[0]["pool"]
+    eval_n = records[0]["slices"]["all"]["n"]
+    forgetting = pd.read_csv(out / "forgetting.csv")
+
+    collected = syn.get("counts", {}).get("collected")
+    recipe = (
+        f"{training.get('architectures')}, {training.get('n_trials')} trials x "
+        f"{training.get('epochs')} epochs + refit {training.get('refit_epochs')} "
+        "epochs, warm start"
+    )
+    rules = [
+        "every strategy of a seed starts from the same seed set and iteration-0 "
+        f"model ({collected} labeled images)",
+        "scored on a fixed, fully labeled eval set that is never in the pool: "
+        f"{eval_n} synthetic eval images",
+        f"pool {pool} images; budget {args.budget} masks per iteration; "
+        f"{args.iterations} iterations; seeds {list(seeds)}",
+        f"resolution {training.get('input_size')}; recipe {recipe}",
+        f"full-data mIoU = the same recipe on the whole pool: {_pm(full)}; "
+        f"target 95% = {target:.3f}",
+        "cost = 1 per mask + 0.1 per review verdict (only hitl uses reviews)",
+        "forgetting event: a promoted model losing > 0.03 mIoU vs the previous "
+        "one on an eval slice with n >= 30",
+        f"wall time {minutes:.1f} min on this machine",
+    ]
+    print("\nRules of the comparison")
+    for rule in rules:
+        print(f"- {rule}")
+    print()
+
+    budgets = sorted({r["masks"] for r in records if r["strategy"] in strategies})
+    widths = [("strategy", 9), ("masks to 95%", 16), ("% of pool", 12)]
+    widths += [("cost to 95%", 16), ("forgetting", 11)]
+    header = "".join(
+        f"{name:<{w}}" if i == 0 else f"{name:>{w}}"
+        for i, (name, w) in enumerate(widths)
+    )
+    header += "  " + "  ".join(f"{'mIoU@' + str(b):>15}" for b in budgets)
+    print(header)
+    print("-" * len(header))
+    curves = {}
+    for strategy in strategies:
+        rows = [r for r in records if r["strategy"] == strategy]
+        reach, at = [], {b: [] for b in budgets}
+        for seed in seeds:
+            mine = [r for r in rows if r["seed"] == seed]
+            hit = _reach(mine, target)
+            reach.append(hit)
+            for r in mine:
+                at[r["masks"]].append(r["slices"]["all"]["miou"])
+        curves[strategy] = at
+        got = [h for h in reach if h is not None]
+        masks = _pm([h[0] for h in got], "{:.0f}") + (
+            f" ({len(got)}/{len(seeds)})" if len(got) < len(seeds) else ""
+        )
+        frac = _pm([100 * h[0] / pool for h in got], "{:.1f}")
+        cost = _pm([h[1] for h in got], "{:.1f}")
+        n_forget = int((forgetting["strategy"] == strategy).sum())
+        cells = "  ".join(f"{_pm(at[b]):>15}" for b in budgets)
+        values = [masks, frac, cost] if got else ["not reached", "-", "-"]
+        row = f"{strategy:<9}" + "".join(
+            f"{v:>{w}}" for v, (_, w) in zip(values, widths[1:4], strict=True)
+        )
+        print(f"{row}{n_forget:>11}  {cells}")
+    if "hitl" in curves and "random" in curves:
+        print()
+        print("hitl - random at each budget (mean; spread = largest std of the two):")
+        for b in budgets[1:]:
+            h, r = curves["hitl"][b], curves["random"][b]
+            if not h or not r:
+                continue
+            diff = np.mean(h) - np.mean(r)
+            spread = max(
+                np.std(h, ddof=1) if len(h) > 1 else 0.0,
+                np.std(r, ddof=1) if len(r) > 1 else 0.0,
+            )
+            verdict = "beats" if diff > spread else "does not beat"
+            print(
+                f"  {b:>4} masks: {diff:+.3f} (spread {spread:.3f}): "
+                f"hitl {verdict} random"
+            )
+    _plot(curves, full_miou, target, budgets, out)
+    (out / "label_efficiency.json").write_text(
+        json.dumps(
+            {
+                "full_miou": full_miou,
+                "target": target,
+                "pool": pool,
+                "curves": {
+                    s: {str(b): v for b, v in c.items()} for s, c in curves.items()
+                },
+            },
+            indent=1,
+        )
+    )
+    plots = ("label_efficiency.png", "learning_curves.png", "slice_curves.png")
+    print("\nplots: " + ", ".join(str(out / p) for p in plots))
+    return 0
+
+
+def _plot(
+    curves: dict, full: float, target: float, budgets: list[int], out: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy, at in curves.items():
+        xs = [b for b in budgets if at[b]]
+        m = np.array([np.mean(at[b]) for b in xs])
+        s = np.array([np.std(at[b], ddof=1) if len(at[b]) > 1 else 0.0 for b in xs])
+        ax.plot(xs, m, "-o", ms=3, label=strategy)
+        ax.fill_between(xs, m - s, m + s, alpha=0.2)
+    ax.axhline(full, color="k", ls="--", lw=1, label="full pool")
+    ax.axhline(target, color="grey", ls=":", lw=1, label="95% of full")
+    ax.set_xlabel("masks labeled")
+    ax.set_ylabel("mIoU on the fixed eval set")
+    ax.set_title("Label efficiency (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "label_efficiency.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
