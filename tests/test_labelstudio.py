@@ -241,5 +241,3 @@ def test_rle_of_the_sdk_matches_ours():
     rle = lsrle.encode(mask == 1)
     flat = decode_rle(rle).reshape(5, 7, 4)[..., 3]
     np.testing.assert_array_equal(flat > 0, mask == 1)
-
-

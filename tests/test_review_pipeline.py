@@ -99,3 +99,34 @@ def test_review_pipeline_reads_a_period_and_explains_picks(project: Path):
     health = pd.read_csv("data/08_reporting/iter_0/model_health.csv")
     assert health.loc[health["hour"] == 11, "n"].item() == 20
     assert Path("data/08_reporting/iter_0/model_health.png").stat().st_size > 5_000
+    # A prediction with a verdict is not picked again (the samplers would:
+    # same model, same seed), and the summary says how many were left out.
+    reviewed = queue.iloc[:3]
+    lake.append(
+        "review_verdicts",
+        pd.DataFrame(
+            {
+                "verdict_id": [f"v{i}" for i in range(3)],
+                "request_id": reviewed["request_id"].tolist(),
+                "image_id": reviewed["image_id"].tolist(),
+                "verdict": ["correct"] * 3,
+                "tags": [[] for _ in range(3)],
+                "comment": [None] * 3,
+                "reviewer": ["ann"] * 3,
+                "ts": [T0] * 3,
+            }
+        ),
+    )
+    with KedroSession.create(env="ci", runtime_params=params) as session:
+        session.run(
+            pipeline_names=["review"],
+            node_names=["import_review_verdicts", "build_review"],
+        )
+    again = pd.read_parquet(
+        max(Path("data/07_model_output/iter_0/review_queue.parquet").glob("*/*"))
+    )
+    assert not set(again["request_id"]) & set(reviewed["request_id"])
+    summary = json.loads(
+        Path("data/08_reporting/iter_0/review_summary.json").read_text()
+    )
+    assert summary["already_reviewed"] == 3

@@ -58,7 +58,9 @@ class ReviewConfig:
     """The `review` parameters, checked once at the node boundary.
 
     `per_window`, `every_nth` and `confidence_top_k` set to 0 disable their
-    sampler (the threshold still applies with a top_k of 0).
+    sampler (the threshold still applies with a top_k of 0). `skip_reviewed`
+    leaves out predictions that already have a verdict: with an unchanged model
+    and seed the samplers would pick them again, and people would pay twice.
     """
 
     window: str = "1h"
@@ -69,6 +71,7 @@ class ReviewConfig:
     confidence_threshold: float | None = None
     cluster_cap: int | None = 3
     seed: int = 0
+    skip_reviewed: bool = True
     priorities: tuple[tuple[str, int], ...] = tuple(DEFAULT_PRIORITIES.items())
 
     @classmethod
@@ -110,6 +113,11 @@ class ReviewConfig:
         cap = params.get("cluster_cap", d.cluster_cap)
         if cap is not None:
             cap = _check_int(cap, name="review.cluster_cap", minimum=1)
+        skip = params.get("skip_reviewed", d.skip_reviewed)
+        if not isinstance(skip, bool):
+            raise ValueError(
+                f"review.skip_reviewed must be true or false, got {skip!r}"
+            )
         return cls(
             window=window,
             per_window=_check_int(
@@ -128,6 +136,7 @@ class ReviewConfig:
             seed=_check_int(
                 params.get("seed", d.seed), name="review.seed", minimum=None
             ),
+            skip_reviewed=skip,
             priorities=_check_priorities(params.get("priorities") or {}),
         )
 

@@ -95,11 +95,17 @@ def build_review(
     if end is not None:
         received &= feedback["ts"] < pd.Timestamp(end)
     feedback = feedback[received | feedback["request_id"].isin(preds["request_id"])]
-    queue = build_review_queue(preds, feedback, config)
-    health = model_health(preds, lake.read("review_verdicts"))
+    verdicts = lake.read("review_verdicts")
+    sample_from, flagged = preds, feedback
+    if config.skip_reviewed and len(verdicts):
+        sample_from = preds[~preds["request_id"].isin(verdicts["request_id"])]
+        flagged = feedback[~feedback["request_id"].isin(verdicts["request_id"])]
+    queue = build_review_queue(sample_from, flagged, config)
+    health = model_health(preds, verdicts)
     info = {
         **summary(queue),
         "predictions": len(preds),
+        "already_reviewed": len(preds) - len(sample_from),
         "predictions_version": seen_version,
         "feedback_version": feedback.attrs.get("delta_version"),
         "period": {
