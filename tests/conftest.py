@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from edgeloop.classmap import ClassMap  # noqa: E402
 from edgeloop.lake import Lake  # noqa: E402
+from edgeloop.simulate import copy_project  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = (REPO.parent / "shared" / "data" / "camvid").resolve()
@@ -36,15 +36,7 @@ def lake(tmp_path: Path) -> Lake:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the project's configuration in a temp folder, as the cwd."""
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
-    shutil.copytree(
-        REPO / "conf", root / "conf", ignore=shutil.ignore_patterns("local")
-    )
-    (root / "conf" / "local").mkdir()
-    (root / "src").mkdir()  # the package itself comes from the installed project
-    (root / ".telemetry").write_text("consent: false\n")
+    root = copy_project(REPO, tmp_path / "project")
     monkeypatch.chdir(root)
     return root
 

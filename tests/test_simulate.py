@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from edgeloop.simulate import (
     AnnotatorConfig,
     LabeledFolder,
     SimulatedAnnotator,
+    copy_project,
     forgetting_events,
 )
 
@@ -199,13 +199,7 @@ def _simulate(project: Path, out: Path) -> subprocess.CompletedProcess:
 def two_runs(tmp_path_factory) -> tuple[Path, Path, str]:
     """The same tiny simulation twice, in two folders, with seed 0."""
     root = tmp_path_factory.mktemp("sim")
-    project = root / "project"
-    project.mkdir()
-    shutil.copy(REPO / "pyproject.toml", project / "pyproject.toml")
-    shutil.copytree(
-        REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local")
-    )
-    (project / "conf" / "local").mkdir()
+    project = copy_project(REPO, root / "project")
     first = _simulate(project, root / "a")
     _simulate(project, root / "b")
     return root / "a", root / "b", first.stdout

@@ -567,6 +567,22 @@ class Run:
         return {**merged, "iteration": int(iteration)}
 
 
+def copy_project(project: Path, dest: Path) -> Path:
+    """A Kedro project folder at `dest` with `project`'s conf (not conf/local).
+
+    The package itself comes from the installed project; telemetry is off.
+    """
+    dest.mkdir(parents=True)
+    shutil.copy(project / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copytree(
+        project / "conf", dest / "conf", ignore=shutil.ignore_patterns("local")
+    )
+    (dest / "conf" / "local").mkdir()
+    (dest / "src").mkdir()
+    (dest / ".telemetry").write_text("consent: false\n")
+    return dest
+
+
 def _make_base(plan: SimulationPlan, seed: int, sim: Mapping[str, Any]) -> Path:
     """Ingest and iteration 0 for a seed, shared by every strategy (resumable)."""
     base = plan.out / "runs" / f"base-seed{seed}"
@@ -574,14 +590,7 @@ def _make_base(plan: SimulationPlan, seed: int, sim: Mapping[str, Any]) -> Path:
         return base
     if base.exists():
         shutil.rmtree(base)
-    base.mkdir(parents=True)
-    shutil.copy(plan.project / "pyproject.toml", base / "pyproject.toml")
-    shutil.copytree(
-        plan.project / "conf", base / "conf", ignore=shutil.ignore_patterns("local")
-    )
-    (base / "conf" / "local").mkdir()
-    (base / "src").mkdir()  # the package comes from the installed project
-    (base / ".telemetry").write_text("consent: false\n")
+    copy_project(plan.project, base)
     run = Run(SimulationPlan(**{**plan.__dict__, "strategy": "random"}), seed, sim)
     log.info("seed %d: ingest and iteration 0 in %s", seed, base)
     kedro_run(
@@ -693,16 +702,20 @@ def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
                 bar.update()
                 continue
             t0 = time.perf_counter()
-            if stage == "discover-review":
+            if stage in ("discover-review", "discover"):
+                # Up to the review tasks; then again from the verdict import on,
+                # so this iteration's verdicts open bugs before acquisition.
                 params_k = run.params(k)
                 if plan.strategy == REFERENCE:
                     params_k["acquisition"]["budget"] = len(pool)
+                first = stage == "discover-review"
                 kedro_run(
                     run.dir,
                     env=plan.env,
                     pipelines=["discover"],
                     params=params_k,
-                    to_nodes=["export_review_tasks"],
+                    to_nodes=["export_review_tasks"] if first else None,
+                    from_nodes=None if first else ["lake_after_production"],
                 )
             elif stage == "review":
                 stats = {"reviews": 0, "bugs": 0, "skipped": 0, "cost": 0.0}
@@ -713,17 +726,6 @@ def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
                         run.dir / review_dir / f"simulated-iter{k}.json", export
                     )
                 run.state["stats"].append({"iteration": k, "review": stats})
-            elif stage == "discover":
-                params_k = run.params(k)
-                if plan.strategy == REFERENCE:
-                    params_k["acquisition"]["budget"] = len(pool)
-                kedro_run(
-                    run.dir,
-                    env=plan.env,
-                    pipelines=["discover"],
-                    params=params_k,
-                    from_nodes=["lake_after_production"],
-                )
             elif stage == "label":
                 tasks = _read_json(reports / "annotation_tasks.json")
                 export, stats = annotator.label(tasks, iteration=k)
