@@ -364,35 +364,51 @@ class SimulatedAnnotator:
 # -- scoring on the fixed evaluation set ------------------------------------------
 
 
-def eval_slices(folder: LabeledFolder, class_map: ClassMap) -> pd.DataFrame:
-    """Slices of the evaluation set: `class:<name>` (present) and `cond:<tag>`."""
-    rows = []
-    for image_id in folder.image_ids:
-        present = set(np.unique(folder.mask(image_id)).tolist())
-        rows += [
-            (image_id, f"class:{n}")
-            for cid, n in enumerate(class_map.names)
-            if cid in present
-        ]
-        rows += [(image_id, f"cond:{t}") for t in folder.tags[image_id]]
-    return pd.DataFrame(rows, columns=["image_id", "slice"])
+@dataclass(frozen=True)
+class EvalSet:
+    """The fixed evaluation set in memory, with its slices (decoded once)."""
+
+    image_ids: list[str]
+    images: list[np.ndarray]
+    truths: list[np.ndarray]
+    slices: pd.DataFrame  # image_id, slice: `class:<name>` (present), `cond:<tag>`
+
+    @classmethod
+    def load(cls, folder: LabeledFolder, class_map: ClassMap) -> EvalSet:
+        ids = folder.image_ids
+        truths = [folder.mask(i) for i in ids]
+        rows = []
+        for image_id, truth in zip(ids, truths, strict=True):
+            present = set(np.unique(truth).tolist())
+            rows += [
+                (image_id, f"class:{name}")
+                for name, cid in zip(class_map.names, class_map.ids, strict=True)
+                if cid in present
+            ]
+            rows += [(image_id, f"cond:{t}") for t in folder.tags[image_id]]
+        return cls(
+            ids,
+            [folder.image(i) for i in ids],
+            truths,
+            pd.DataFrame(rows, columns=["image_id", "slice"]),
+        )
 
 
 def score_model(
-    predictor: Any, folder: LabeledFolder, slices: pd.DataFrame, class_map: ClassMap
+    predictor: Any, evalset: EvalSet, class_map: ClassMap
 ) -> dict[str, dict[str, float]]:
     """mIoU and n per slice of the evaluation set ("all" first)."""
-    ids = folder.image_ids
-    images = [folder.image(i) for i in ids]
-    truths = [folder.mask(i) for i in ids]
-    preds = [p.mask for p in predictor.predict(images, with_scores=False)]
+    preds = [p.mask for p in predictor.predict(evalset.images, with_scores=False)]
     per_image = per_image_confusion(
-        truths, preds, class_map.num_classes, ignore_index=class_map.ignore_index
+        evalset.truths,
+        preds,
+        class_map.num_classes,
+        ignore_index=class_map.ignore_index,
     )
     results = evaluate_slices(
         per_image,
-        ids,
-        slices,
+        evalset.image_ids,
+        evalset.slices,
         metric="miou",
         class_names=class_map.names,
         min_images=1,
@@ -623,7 +639,8 @@ def _load_params(project: Path, env: str | None) -> dict[str, Any]:
     return {**params, "_lake_root": globals_.get("lake_root", "data/lake")}
 
 
-def _score_promoted(run_dir: Path, evalset: LabeledFolder, cm: ClassMap, cache: dict):
+def _score_promoted(run_dir: Path, folder: LabeledFolder, cm: ClassMap, cache: dict):
+    """The promoted model's version and eval-set scores (each scored once)."""
     from edgeloop.lake import Lake
     from edgeloop.registry import load_model, promoted_row
 
@@ -633,10 +650,10 @@ def _score_promoted(run_dir: Path, evalset: LabeledFolder, cm: ClassMap, cache: 
         raise RuntimeError(f"{run_dir}: no promoted model after training")
     model = load_model(lake, row)
     if model.version not in cache:
-        if "slices" not in cache:
-            cache["slices"] = eval_slices(evalset, cm)
+        if "eval" not in cache:
+            cache["eval"] = EvalSet.load(folder, cm)
         cache[model.version] = score_model(
-            model.predictor(batch_size=32), evalset, cache["slices"], cm
+            model.predictor(batch_size=32), cache["eval"], cm
         )
     return model.version, cache[model.version]
 

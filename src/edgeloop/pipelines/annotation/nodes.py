@@ -130,7 +130,11 @@ def _not_yet_imported(
     a human label of the same image, with the same mask and annotator, is
     already in the registry (with the iteration it was first imported in) and
     is not added again as this iteration's label.
+    Adds `mask_png` (each mask encoded once; the registry stores these bytes).
     """
+    got = got.assign(
+        mask_png=[encode_png(np.asarray(m, dtype=np.uint8)) for m in got["mask"]]
+    )
     if got.empty or labels is None or labels.empty:
         return got, 0
     human = labels[labels["origin"] == "human"]
@@ -138,12 +142,7 @@ def _not_yet_imported(
         zip(human["image_id"], human["mask_blob"], human["annotator"], strict=True)
     )
     keep = [
-        (
-            r.image_id,
-            blob_uri(encode_png(np.asarray(r.mask, dtype=np.uint8)), kind="masks"),
-            str(r.annotator),
-        )
-        not in known
+        (r.image_id, blob_uri(r.mask_png, kind="masks"), str(r.annotator)) not in known
         for r in got.itertuples()
     ]
     return got[keep], int(len(keep) - sum(keep))
@@ -243,6 +242,7 @@ def import_annotations(
             origin="human",
             iteration=int(iteration),
             annotator=str(r.annotator),
+            mask_png=r.mask_png,
         )
         for r in got.itertuples()
     )
