@@ -30,9 +30,12 @@ Both counts are printed.
 For each condition and each of `--repeats` seeded repeats: draw `--seeds`
 images of that condition, retrieve `--k` candidates with
 `knn_candidates` over an exact `VectorIndex` (seeds excluded) and count how
-many have the condition (precision@k). Baselines in the same table: the same
-KNN over colour histograms (8x8x8 RGB, L1-normalised, square root: Hellinger,
-cosine) and `--k` random non-seed images. Lift = precision / base rate.
+many have the condition (precision@k). `--pooling` and `--query` are the
+pipeline's `similarity.pooling` and `similarity.knn.query`: by default
+style-and-content pooling and the discriminative (whitened-LDA) query.
+Baselines in the same table: the same query over colour histograms (8x8x8
+RGB, L1-normalised, square root: Hellinger, cosine) and `--k` random
+non-seed images. Lift = precision / base rate.
 Targets: scene-level precision@k >= 0.8; object-level lift >= 3x.
 
 Then "confidence checks pick rare conditions": the lowest `--low-conf-frac` of
@@ -66,11 +69,12 @@ from edgeloop.registry import load_model, promoted_row
 from edgeloop.review import ReviewConfig, build_review_queue
 from edgeloop.similarity import (
     BACKBONES,
+    POOLINGS,
     EmbeddingStore,
     embed_frame,
     make_embedder,
 )
-from edgeloop.vectorindex import VectorIndex, knn_candidates
+from edgeloop.vectorindex import QUERIES, VectorIndex, knn_candidates
 
 SCENE = ("night", "dusk", "glare", "haze")
 OBJECT = ("tiny", "many")
@@ -130,6 +134,7 @@ def embed_rows(
     items: pd.DataFrame,
     backbone: str,
     store_root: Path,
+    pooling: str = "gap",
 ) -> tuple[str, list[str], np.ndarray, dict]:
     """Embeds items (image_id, image_blob) with the project's embedder.
 
@@ -137,7 +142,7 @@ def embed_rows(
     """
     row = promoted_row(lake.read("models"))
     model = load_model(lake, row) if row is not None else None
-    embedder = make_embedder(backbone, model=model)
+    embedder = make_embedder(backbone, model=model, pooling=pooling)
     store = EmbeddingStore(store_root)
     report = embed_frame(
         embedder,
@@ -189,7 +194,15 @@ def retrieve(
         seed_rows = rng.choice(pos_rows, args.seeds, replace=False)
         seed_ids = id_arr[seed_rows].tolist()
         for kind, (index, vectors) in indexes.items():
-            hits = knn_candidates(index, vectors[seed_rows], seed_ids, args.k)
+            hits = knn_candidates(
+                index,
+                vectors[seed_rows],
+                seed_ids,
+                args.k,
+                query=args.query,
+                background=vectors,
+                shrinkage=args.shrinkage,
+            )
             out[kind].append(float(np.mean([label[i] for i in hits["image_id"]])))
         others = np.setdiff1d(np.arange(len(ids)), seed_rows)
         picks = rng.choice(others, min(args.k, len(others)), replace=False)
@@ -354,7 +367,7 @@ def stream_benchmark(args: argparse.Namespace, project: Path) -> dict:
             "the predictions are not of this project's synthetic stream"
         )
     what, ids, vectors, report = embed_rows(
-        lake, matched, args.backbone, args.store or project / STORE
+        lake, matched, args.backbone, args.store or project / STORE, args.pooling
     )
     print(
         f"embeddings: {what}, {len(ids)} x {vectors.shape[1]} "
@@ -373,7 +386,8 @@ def stream_benchmark(args: argparse.Namespace, project: Path) -> dict:
     )
     print(
         f"\nKNN from {args.seeds} seeds of each condition, {args.k} candidates, "
-        f"exact cosine; mean ± std over {args.repeats} repeats (seed {args.seed})\n"
+        f"exact cosine, query {args.query} (shrinkage {args.shrinkage}); "
+        f"mean ± std over {args.repeats} repeats (seed {args.seed})\n"
     )
     rows = retrieval_table(
         conditions, ids, build_indexes(vectors, hists, ids), args, targets=True
@@ -440,7 +454,7 @@ def camvid_benchmark(args: argparse.Namespace, project: Path) -> dict | None:
         columns={"blob_uri": "image_blob"}
     )
     what, ids, vectors, report = embed_rows(
-        lake, images, args.backbone, args.store or project / STORE
+        lake, images, args.backbone, args.store or project / STORE, args.pooling
     )
     blobs = images.set_index("image_id")["image_blob"]
     hists = colour_histograms([decode_image(lake.get_blob(blobs[i])) for i in ids])
@@ -477,6 +491,24 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=50, help="candidates retrieved (50)")
     parser.add_argument("--backbone", choices=BACKBONES, default="resnet18")
     parser.add_argument("--seed", type=int, default=0, help="base random seed (0)")
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="both",
+        help="embedding pooling, as similarity.pooling (both)",
+    )
+    parser.add_argument(
+        "--query",
+        choices=QUERIES,
+        default="discriminative",
+        help="how seeds query the index, as similarity.knn.query (discriminative)",
+    )
+    parser.add_argument(
+        "--shrinkage",
+        type=float,
+        default=1.0,
+        help="ridge of the discriminative query, as similarity.knn.shrinkage (1.0)",
+    )
     parser.add_argument(
         "--low-conf-frac",
         type=float,

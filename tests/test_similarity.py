@@ -118,3 +118,45 @@ def test_pictures_have_the_content_asked_for():
         "PCA of embeddings, by cluster",
         "PCA of embeddings, by confidence",
     ]
+
+
+@pytest.mark.parametrize(
+    ("pooling", "dim", "name"),
+    [
+        ("gap", 512, "resnet18"),
+        ("style", 384, "resnet18+style"),
+        ("both", 896, "resnet18+both"),
+    ],
+)
+def test_pooling_sets_dim_name_and_norms(pooling, dim, name):
+    emb = make_embedder("resnet18", allow_random=True, pooling=pooling)
+    assert (emb.backbone, emb.dim) == (name, dim)
+    vecs = emb.embed(_images(3, size=48))
+    assert vecs.shape == (3, dim) and np.isfinite(vecs).all()
+    if pooling != "gap":  # unit-norm blocks, scaled to a unit vector
+        np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
+    if pooling == "both":  # the first 384 dims are the style block, scaled
+        style = make_embedder("resnet18", allow_random=True, pooling="style")
+        np.testing.assert_allclose(
+            vecs[:, :384] * np.sqrt(3.0),
+            style.embed(_images(3, size=48)) * np.sqrt(2.0),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        make_embedder("resnet18", allow_random=True, pooling="max")
+
+
+def test_style_pooling_sees_a_global_colour_cast():
+    """Style features separate a tinted copy from the original more than GAP
+    does, relative to how far apart two unrelated images are."""
+    base = _images(2, size=64, seed=5)
+    tinted = (base[0] * np.array([1.0, 0.6, 0.4])).astype(np.uint8)
+
+    def relative(pooling: str) -> float:
+        emb = make_embedder("resnet18", allow_random=True, pooling=pooling)
+        v = emb.embed([base[0], tinted, base[1]])
+        v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return float((1 - v[0] @ v[1]) / (1 - v[0] @ v[2]))
+
+    assert relative("style") > relative("gap")

@@ -353,3 +353,72 @@ def test_cluster_path_validates_path(hierarchy):
         cluster_path(x, ids, [0], k=300)
     with pytest.raises(ValueError, match=r"the top level at level 0 has 800 members"):
         cluster_path(x, ids, [], k=801)
+
+
+def _rare_direction(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """600 vectors; 30 share a small offset on 2 of 16 dims that vary little.
+
+    The other dims carry big nuisance variance (a pose, a background), so the
+    rare images' nearest neighbours are mostly common ones, while what they
+    share is visible only against the collection's covariance (hence a small
+    shrinkage: a ridge of the mean variance would drown the two quiet dims).
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((600, 16)) * np.r_[np.full(14, 3.0), 0.2, 0.2]
+    rare = np.zeros(600, dtype=bool)
+    rare[rng.choice(600, 30, replace=False)] = True
+    x[rare, 14:] += 1.0
+    x[:, 0] += 10.0  # a shared offset: cosine geometry, not centred data
+    return x.astype(np.float32), rare
+
+
+def test_discriminative_query_finds_what_the_seeds_share():
+    x, rare = _rare_direction()
+    ids = _ids(len(x))
+    index = VectorIndex.build(x, ids, kind="exact")
+    seeds = np.flatnonzero(rare)[:5]
+    seed_ids = [ids[i] for i in seeds]
+    label = dict(zip(ids, rare.tolist(), strict=True))
+
+    def precision(query: str) -> float:
+        out = knn_candidates(
+            index, x[seeds], seed_ids, 20, query=query, background=x, shrinkage=0.01
+        )
+        assert len(out) == 20 and not set(out["image_id"]) & set(seed_ids)
+        assert out["rank"].tolist() == list(range(1, 21))
+        assert out["distance"].is_monotonic_increasing
+        return float(np.mean([label[i] for i in out["image_id"]]))
+
+    nearest, disc = precision("nearest_seed"), precision("discriminative")
+    # 25 rare images are left to find; nearest-seed finds few of them.
+    assert disc >= 0.9 and nearest <= 0.4, (disc, nearest)
+    out = knn_candidates(
+        index, x[seeds], seed_ids, 5, query="discriminative", background=x
+    )
+    assert set(out["nearest_seed"]) == {"(all)"}
+
+
+def test_discriminative_query_maths_and_errors():
+    rng = np.random.default_rng(3)
+    bg = rng.standard_normal((200, 4)).astype(np.float32)
+    seeds = bg[:3] + np.float32(2.0)
+    w = vectorindex.discriminative_query(seeds, bg, shrinkage=0.5)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    b, s = unit(bg.astype(np.float64)), unit(seeds.astype(np.float64))
+    cov = np.cov(b, rowvar=False)
+    cov += 0.5 * np.trace(cov) / 4 * np.eye(4)
+    expected = np.linalg.solve(cov, s.mean(0) - b.mean(0))
+    np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-6)
+    # A sample of the background is used above max_background, seeded.
+    a1 = vectorindex.discriminative_query(seeds, bg, max_background=50, seed=1)
+    a2 = vectorindex.discriminative_query(seeds, bg, max_background=50, seed=1)
+    np.testing.assert_array_equal(a1, a2)
+    with pytest.raises(ValueError, match="shrinkage must be > 0"):
+        vectorindex.discriminative_query(seeds, bg, shrinkage=0)
+    with pytest.raises(ValueError, match="background must be"):
+        vectorindex.discriminative_query(seeds, bg[:, :3])
+    index = VectorIndex.build(bg, _ids(200))
+    with pytest.raises(ValueError, match="needs the background"):
+        knn_candidates(index, seeds, _ids(3), 5, query="discriminative")
+    with pytest.raises(ValueError, match="unknown query 'centroid'"):
+        knn_candidates(index, seeds, _ids(3), 5, query="centroid")

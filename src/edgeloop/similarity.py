@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BACKBONES",
     "EMBEDDING_COLUMNS",
+    "POOLINGS",
     "Embedder",
     "EmbeddingStore",
     "embedding_map",
@@ -63,19 +64,58 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EMBEDDING_COLUMNS = ["image_id", "backbone", "weights", "dim", "vector"]
 
 
-def _resnet_trunk(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """conv1 .. layer4 of a torchvision ResNet: (B, 3, H, W) -> (B, 512, h, w)."""
+POOLINGS = ("gap", "style", "both")
 
-    def trunk(x: torch.Tensor) -> torch.Tensor:
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"similarity.pooling must be one of {POOLINGS}, got {pooling!r}"
+        )
+
+
+def _mean_std(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 2C): per-channel mean and std, L2-normalised."""
+    return F.normalize(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], 1), dim=1)
+
+
+def _resnet_trunk(
+    net: nn.Module, pooling: str = "gap"
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+    """A torchvision ResNet pooled to one vector per image, and its dim.
+
+    - ``gap``: layer4 averaged over space (512-d): what is in the image.
+    - ``style``: the per-channel mean and std of layer1 and layer2 (384-d), as
+      in style transfer (Gatys et al.): how the image looks, i.e. lighting,
+      weather, colour cast and texture, wherever in the frame they are.
+    - ``both``: style and gap blocks side by side (896-d).
+
+    Every block is L2-normalised, and ``both`` is scaled to unit norm, so no
+    block dominates the cosine distance by its size.
+    """
+    _check_pooling(pooling)
+    c1 = net.layer1[-1].conv1.in_channels  # 64 for resnet18/34
+    c2 = net.layer2[-1].conv1.in_channels  # 128
+    dims = {"gap": 512, "style": 2 * (c1 + c2), "both": 2 * (c1 + c2) + 512}
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        l1 = net.layer1(x)
+        l2 = net.layer2(l1)
+        style = [_mean_std(l1), _mean_std(l2)]
+        if pooling == "style":
+            return torch.cat(style, 1) / np.sqrt(2.0)
+        gap = net.layer4(net.layer3(l2)).mean(dim=(2, 3))
+        if pooling == "gap":
+            return gap
+        return torch.cat([*style, F.normalize(gap, dim=1)], 1) / np.sqrt(3.0)
 
-    return trunk
+    return pooled, dims[pooling]
 
 
 @dataclass
 class Embedder:
-    """Global-average-pooled CNN features, batched.
+    """Pooled CNN features, batched.
 
     Attributes:
         backbone: "resnet18", "resnet34" or "model:<arch>" (a segmentation
@@ -84,7 +124,7 @@ class Embedder:
             or "model:it0-7a4a7bc6752f"; part of the store key, so new weights
             mean new embeddings.
         dim: Feature dimension.
-        trunk: (B, 3, H, W) normalised -> (B, C, h, w) feature maps.
+        trunk: (B, 3, H, W) normalised -> (B, dim) pooled features.
         mean, std: Input normalisation.
         instance_norm: Standardise each image per channel first (what a model
             trained with `input_norm: instance` saw).
@@ -130,7 +170,7 @@ class Embedder:
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised -> (B, dim) pooled features."""
-        return self.trunk(x).mean(dim=(2, 3))
+        return self.trunk(x)
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """(N, dim) float32 features of (H, W, 3) uint8 images, in input order."""
@@ -164,8 +204,13 @@ def make_embedder(
     allow_random: bool = False,
     batch_size: int = 32,
     input_size: Sequence[int] | None = None,
+    pooling: str = "gap",
 ) -> Embedder:
     """The embedder a run uses, and one log line saying which weights it has.
+
+    `pooling` ("gap", "style" or "both", see `_resnet_trunk`) is part of the
+    embedder's `backbone` name (e.g. "resnet18+style"), so the store keeps
+    vectors of different poolings apart.
 
     Order of precedence:
 
@@ -185,8 +230,10 @@ def make_embedder(
         raise ValueError(
             f"similarity.backbone must be one of {BACKBONES}, got {backbone!r}"
         )
+    _check_pooling(pooling)
     size = tuple(int(v) for v in input_size) if input_size else None
     common = {"batch_size": int(batch_size), "input_size": size}
+    name = backbone if pooling == "gap" else f"{backbone}+{pooling}"
     state, source = None, None
     if weights_path:
         state = load_weights(weights_path)
@@ -207,30 +254,34 @@ def make_embedder(
                 f"{what} is not a {backbone} state dict "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
-        log.info("embeddings: %s with %s weights", backbone, source)
+        log.info("embeddings: %s with %s weights", name, source)
+        trunk, dim = _resnet_trunk(net.eval(), pooling)
         return Embedder(
-            backbone,
+            name,
             source,
-            512,
-            _resnet_trunk(net.eval()),
+            dim,
+            trunk,
             IMAGENET_MEAN,
             IMAGENET_STD,
             **common,
         )
     if model is not None:
-        return _model_embedder(model, **common)
+        return _model_embedder(model, pooling=pooling, **common)
     if allow_random:
         log.warning(
             "embeddings: %s with RANDOM weights (allow_random): fine for speed "
             "tests, meaningless for retrieval",
-            backbone,
+            name,
         )
-        net = _CONSTRUCT[backbone](weights=None).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # "random:seed0" names these weights
+            net = _CONSTRUCT[backbone](weights=None).eval()
+        trunk, dim = _resnet_trunk(net, pooling)
         return Embedder(
-            backbone,
+            name,
             "random:seed0",
-            512,
-            _resnet_trunk(net),
+            dim,
+            trunk,
             IMAGENET_MEAN,
             IMAGENET_STD,
             **common,
@@ -242,8 +293,12 @@ def make_embedder(
     )
 
 
-def _model_embedder(model: Any, **common: Any) -> Embedder:
-    """The promoted segmentation model's encoder, global-average pooled.
+def _model_embedder(model: Any, *, pooling: str = "gap", **common: Any) -> Embedder:
+    """The promoted segmentation model's encoder, pooled.
+
+    A ResNet encoder (U-Net) supports every pooling; the MobileNetV3 backbones
+    of LRASPP and DeepLabV3 only ``gap`` (other poolings fall back to it, with
+    a warning).
 
     Images are normalised with the dataset statistics only, even when the model
     itself standardises each image (`input_norm: instance`): per-image
@@ -255,25 +310,34 @@ def _model_embedder(model: Any, **common: Any) -> Embedder:
     meta = model.metadata
     norm = meta["normalisation"]
     if seg.arch == "unet_resnet18":
-        trunk, dim = _resnet_trunk(seg.net.encoder), 512
+        trunk, dim = _resnet_trunk(seg.net.encoder, pooling)
     else:
         backbone = seg.backbone
+        if pooling != "gap":
+            log.warning(
+                "embeddings: %s has no ResNet encoder; pooling %r falls back to gap",
+                seg.arch,
+                pooling,
+            )
+            pooling = "gap"
 
         def trunk(x: torch.Tensor) -> torch.Tensor:
             feats = backbone(x)
-            return feats[next(reversed(feats))] if isinstance(feats, dict) else feats
+            feats = feats[next(reversed(feats))] if isinstance(feats, dict) else feats
+            return feats.mean(dim=(2, 3))
 
         with torch.no_grad():
             dim = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
     log.info(
         "embeddings: no ImageNet weights in the torch cache; using the promoted "
-        "model's encoder (%s, %s), pooled to %d-d",
+        "model's encoder (%s, %s), %s pooling, %d-d",
         seg.arch,
         model.version,
+        pooling,
         dim,
     )
     return Embedder(
-        f"model:{seg.arch}",
+        f"model:{seg.arch}" + ("" if pooling == "gap" else f"+{pooling}"),
         f"model:{model.version}",
         dim,
         trunk,

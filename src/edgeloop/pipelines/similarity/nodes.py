@@ -40,6 +40,7 @@ def _embedder(lake: Lake, models: pd.DataFrame, params: Mapping[str, Any]):
         allow_random=bool(params.get("allow_random", False)),
         batch_size=int(params.get("batch_size", 32)),
         input_size=params.get("input_size") or None,
+        pooling=str(params.get("pooling", "gap")),
     )
 
 
@@ -197,6 +198,8 @@ def find_similar(
     """
     settings = params.get("knn") or {}
     n = int(settings.get("n", 50))
+    query = str(settings.get("query", "nearest_seed"))
+    shrinkage = float(settings.get("shrinkage", 1.0))
     query_ids = [str(i) for i in (settings.get("image_ids") or [])]
     preds = _predictions(lake)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
@@ -239,7 +242,14 @@ def find_similar(
         if not known:
             continue
         found = knn_candidates(
-            index, vectors[[pos[s] for s in known]], known, n, exclude=labeled
+            index,
+            vectors[[pos[s] for s in known]],
+            known,
+            n,
+            exclude=labeled,
+            query=query,
+            background=vectors,  # every embedded image: stable as labels come in
+            shrinkage=shrinkage,
         )
         frames.append(found.assign(bug_id=bug_id, tag=tag)[KNN_COLUMNS])
         shown = known[:6] + found["image_id"].tolist()[: 24 - min(len(known), 6)]
