@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet18
 
 from edgeloop.data import SegmentationSet, make_loader
-from edgeloop.engine import criterion, train_one_epoch
+from edgeloop.engine import criterion, soft_dice_loss, train_one_epoch
 from edgeloop.models import (
     ARCHITECTURES,
     SMALL_MODEL_PARAMS,
@@ -223,6 +223,27 @@ def test_criterion_ignores_255() -> None:
     assert torch.allclose(criterion(logits, target), expected)
     with pytest.raises(ValueError, match="target"):
         criterion(logits, target[:, :2])
+
+
+def test_soft_dice_by_hand_ignores_255_and_absent_classes() -> None:
+    # 1 image, 3 classes, 2x2 pixels: labels [[0, 1], [255, 0]]; class 2 absent.
+    target = torch.tensor([[[0, 1], [255, 0]]])
+    probs = torch.tensor(
+        [[[0.8, 0.1], [0.3, 0.6]], [[0.1, 0.7], [0.3, 0.2]], [[0.1, 0.2], [0.4, 0.2]]]
+    )[None]
+    logits = probs.log()  # softmax(log p) = p, as each pixel sums to 1
+    # class 0: inter 0.8 + 0.6, sum of probs 0.8 + 0.1 + 0.6 (valid pixels), 2 labels
+    d0 = (2 * 1.4 + 1) / (1.5 + 2 + 1)
+    # class 1: inter 0.7, probs 0.1 + 0.7 + 0.2, 1 label
+    d1 = (2 * 0.7 + 1) / (1.0 + 1 + 1)
+    expected = 1 - (d0 + d1) / 2
+    assert soft_dice_loss(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    ce = criterion(logits, target)
+    both = criterion(logits, target, dice_weight=0.5)
+    assert both.item() == pytest.approx(ce.item() + 0.5 * expected, rel=1e-5)
+    # A perfect prediction has (almost) no Dice loss.
+    perfect = torch.nn.functional.one_hot(target.clamp(max=2), 3).permute(0, 3, 1, 2)
+    assert soft_dice_loss(perfect.float() * 50, target).item() < 1e-6
 
 
 def test_train_one_epoch_decreases_the_loss() -> None:

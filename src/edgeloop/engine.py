@@ -24,8 +24,10 @@ def criterion(
     target: torch.Tensor,
     *,
     class_weights: torch.Tensor | None = None,
+    dice_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Mean (optionally class-weighted) cross entropy over labelled pixels.
+    """Mean (optionally class-weighted) cross entropy over labelled pixels,
+    plus `dice_weight` times the soft Dice loss.
 
     Pixels with 255 are ignored. Class weights keep a rare class from being
     drowned by the background (a random-init model otherwise settles on
@@ -38,6 +40,9 @@ def criterion(
         logits: (B, K, H, W) logits.
         target: (B, H, W) int64 class ids, 255 = ignore.
         class_weights: (K,) weight per class, or None.
+        dice_weight: Weight of `soft_dice_loss` (0: cross entropy only). Dice
+            scores each class by overlap, whatever its size, so small objects
+            count as much as the background (what mIoU rewards).
 
     Raises:
         ValueError: if the shapes do not match.
@@ -49,9 +54,36 @@ def criterion(
         )
     if not bool((target != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(
+    loss = F.cross_entropy(
         logits, target, weight=class_weights, ignore_index=IGNORE_INDEX
     )
+    if dice_weight:
+        loss = loss + dice_weight * soft_dice_loss(logits, target)
+    return loss
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present in the batch's labels.
+
+    Softmax probabilities against one-hot labels, summed over the batch
+    (Milletari et al., V-Net, 2016); ignored pixels (255) count for nothing.
+    Classes absent from the labels are left out, so a batch without airliners
+    does not push airliner probabilities to zero.
+
+    Args:
+        logits: (B, K, H, W) logits.
+        target: (B, H, W) int64 class ids, 255 = ignore.
+    """
+    valid = (target != IGNORE_INDEX).unsqueeze(1)  # (B, 1, H, W)
+    probs = logits.softmax(dim=1) * valid
+    onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1])
+    onehot = onehot.permute(0, 3, 1, 2).to(probs.dtype) * valid  # (B, K, H, W)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    total = probs.sum(dims) + onehot.sum(dims)
+    present = onehot.sum(dims) > 0
+    dice = (2 * inter + 1.0) / (total + 1.0)
+    return 1.0 - dice[present].mean()
 
 
 def train_one_epoch(
@@ -62,6 +94,7 @@ def train_one_epoch(
     device: torch.device | str = "cpu",
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     class_weights: torch.Tensor | None = None,
+    dice_weight: float = 0.0,
     progress: bool = False,
 ) -> float:
     """One pass over `loader`: forward, loss, backward, step for each batch.
@@ -77,6 +110,7 @@ def train_one_epoch(
         scheduler: Stepped after every batch, as in the torchvision reference
             (per-iteration LR schedules). Per-epoch schedules belong to the caller.
         class_weights: (K,) loss weight per class, or None.
+        dice_weight: Weight of the soft Dice term (`criterion`).
         progress: Show a tqdm bar.
 
     Returns:
@@ -94,7 +128,9 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)  # (B, 3, H, W)
         masks = masks.to(device, non_blocking=True)  # (B, H, W)
         logits = model(images)  # (B, K, H, W) logits
-        loss = criterion(logits, masks, class_weights=class_weights)
+        loss = criterion(
+            logits, masks, class_weights=class_weights, dice_weight=dice_weight
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -114,6 +114,7 @@ class FitConfig:
     large_policy: str = "exponential_lr"
     metric: str = "miou"
     class_weighting: str = "sqrt_median_frequency"
+    dice_weight: float = 0.0
     input_norm: str = "dataset"
     seed: int = 0
     init: str = "warm"
@@ -136,6 +137,10 @@ class FitConfig:
             raise ValueError(f"training.init {self.init!r} is not one of {list(INITS)}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("training.epochs, batch_size and lr must be positive")
+        if not self.dice_weight >= 0.0:
+            raise ValueError(
+                f"training.dice_weight must be >= 0, got {self.dice_weight}"
+            )
         if not 0.0 < self.lr_gamma <= 1.0:
             raise ValueError(
                 f"training.lr_gamma must be in (0, 1], got {self.lr_gamma}"
@@ -280,7 +285,12 @@ def fit(
         train_set.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         loss = train_one_epoch(
-            model, optimizer, loader, class_weights=weights, progress=progress
+            model,
+            optimizer,
+            loader,
+            class_weights=weights,
+            dice_weight=config.dice_weight,
+            progress=progress,
         )
         if scheduler is not None:
             scheduler.step()  # exponential decay once per epoch
