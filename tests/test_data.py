@@ -176,3 +176,51 @@ def test_weighted_loader_samples_the_heavy_item_most() -> None:
     assert sum(counts.values()) == 20 * n
     assert counts.most_common(1)[0][0] == 6
     assert counts[6] > 0.6 * 20 * n
+
+
+def test_weather_only_touches_colours_and_is_seeded() -> None:
+    images, masks = _data(n=24)
+    plain = SegmentationSet(images, masks, augment=AugmentConfig(0.0, weather=0.0))
+    wet = SegmentationSet(
+        images, masks, augment=AugmentConfig(0.0, weather=1.0), seed=2
+    )
+    again = SegmentationSet(
+        images, masks, augment=AugmentConfig(0.0, weather=1.0), seed=2
+    )
+    changed = 0
+    for i in range(len(wet)):
+        (x0, y0), (x1, y1), (x2, y2) = plain[i], wet[i], again[i]
+        assert torch.equal(y1, y0)  # no geometry: the mask is untouched
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)  # seeded
+        changed += not torch.equal(x1, x0)
+    assert changed == len(wet)  # p = 1: every image gets an effect
+    with pytest.raises(ValueError, match="weather must be a number in"):
+        AugmentConfig(0.5, weather=1.5)
+
+
+@pytest.mark.parametrize("effect", ["fog", "low_light", "glare"])
+def test_each_weather_effect_by_hand(effect) -> None:
+    from edgeloop.data import apply_weather
+
+    x = torch.full((3, 8, 10), 0.5)
+    x[:, :, :5] = 0.1  # a dark left half
+    draws = {
+        "effect": effect,
+        "shape": (8, 10),
+        "amount": 0.5,
+        "gradient": False,
+        "gain": np.array([0.2, 0.3, 0.6], dtype=np.float32),
+        "centre": np.array([0.95, 0.5]),
+        "sigma": 0.2,
+        "peak": 1.0,
+    }
+    out = apply_weather(x.clone(), draws)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    if effect == "fog":  # halfway to light grey: contrast halves
+        assert out[0, 0, 0].item() == pytest.approx(0.1 + (0.78 - 0.1) * 0.5)
+        assert (out[:, :, 5:].mean() - out[:, :, :5].mean()) == pytest.approx(0.2)
+    elif effect == "low_light":  # per-channel gains: darker and bluer
+        assert out[:, 0, 9].tolist() == pytest.approx([0.1, 0.15, 0.3])
+    else:  # brighter near the glare's centre (right edge) than far from it
+        gain = out - x
+        assert (gain >= 0).all() and gain[:, 4, 9].mean() > 5 * gain[:, 4, 0].mean()

@@ -47,24 +47,34 @@ class AugmentConfig:
     - colour jitter: brightness, contrast and saturation factors each in
       ``[1 - 0.4 s, 1 + 0.4 s]``, applied in that order.
 
+    Apart from that, `weather` is the probability that an image also gets one
+    of three photometric weather effects, drawn uniformly (`apply_weather`):
+    fog, low light with a colour cast, or a sun glare. They stand for the
+    deployment conditions that the first labelled data rarely holds (as
+    albumentations' RandomFog, RandomBrightnessContrast/RGBShift and
+    RandomSunFlare do).
+
     Attributes:
         strength: In [0, 1].
+        weather: In [0, 1].
     """
 
     strength: float = 0.5
+    weather: float = 0.0
 
     def __post_init__(self) -> None:
-        s = self.strength
-        if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s <= 1:
-            raise ValueError(f"strength must be a number in [0, 1], got {s!r}")
+        for name in ("strength", "weather"):
+            s = getattr(self, name)
+            if isinstance(s, bool) or not isinstance(s, int | float) or not 0 <= s <= 1:
+                raise ValueError(f"{name} must be a number in [0, 1], got {s!r}")
 
     @property
     def enabled(self) -> bool:
-        return self.strength > 0
+        return self.strength > 0 or self.weather > 0
 
     @property
     def hflip_p(self) -> float:
-        return 0.5 if self.enabled else 0.0
+        return 0.5 if self.strength > 0 else 0.0
 
     @property
     def scale_range(self) -> tuple[float, float]:
@@ -142,6 +152,54 @@ def resize_pair(
         return out_image, None
     out_mask = _resize_mask(torch.from_numpy(np.ascontiguousarray(mask)), (h, w))
     return out_image, out_mask.numpy().copy()
+
+
+WEATHER_EFFECTS = ("fog", "low_light", "glare")
+
+
+def _weather_draws(rng: np.random.Generator, shape: tuple[int, int]) -> dict:
+    """The random choices of one weather effect (see `apply_weather`)."""
+    effect = WEATHER_EFFECTS[int(rng.integers(len(WEATHER_EFFECTS)))]
+    return {
+        "effect": effect,
+        "shape": tuple(int(v) for v in shape),
+        "amount": float(rng.uniform(0.3, 0.65)),  # fog density
+        "gradient": bool(rng.random() < 0.5),  # fog thicker toward one edge
+        "gain": rng.uniform(0.1, 0.8, 3).astype(np.float32),  # low light, per channel
+        "centre": rng.uniform(-0.1, 1.1, 2),  # glare centre, image fractions
+        "sigma": float(rng.uniform(0.2, 0.4)),  # glare radius, image fractions
+        "peak": float(rng.uniform(0.7, 1.0)),
+    }
+
+
+def apply_weather(x: torch.Tensor, draws: dict) -> torch.Tensor:
+    """One photometric weather effect on a (3, H, W) image in [0, 1].
+
+    - fog: blend toward a light grey, by `amount` (optionally growing down the
+      image, like distance haze);
+    - low_light: scale each channel by its `gain` (dark, colour-cast: dusk,
+      night);
+    - glare: screen-blend a bright radial glow centred at `centre`.
+
+    Geometry is untouched, so the mask stays as it is.
+    """
+    h, w = draws["shape"]
+    effect = draws["effect"]
+    if effect == "fog":
+        amount = torch.full((1, h, 1), draws["amount"])
+        if draws["gradient"]:
+            amount = amount * torch.linspace(0.8, 1.2, h).view(1, h, 1)
+        grey = torch.tensor([0.78, 0.8, 0.82]).view(3, 1, 1)
+        return (x + (grey - x) * amount).clamp_(0, 1)
+    if effect == "low_light":
+        return (x * torch.from_numpy(draws["gain"]).view(3, 1, 1)).clamp_(0, 1)
+    gy = (torch.arange(h, dtype=torch.float32) + 0.5).view(h, 1) / h
+    gx = (torch.arange(w, dtype=torch.float32) + 0.5).view(1, w) / w
+    cx, cy = (float(v) for v in draws["centre"])
+    d2 = (gx - cx) ** 2 + (gy - cy) ** 2
+    glow = torch.exp(d2 * (-0.5 / draws["sigma"] ** 2)) * draws["peak"]  # (H, W)
+    colour = torch.tensor([1.0, 0.97, 0.88]).view(3, 1, 1)
+    return 1.0 - (1.0 - x) * (1.0 - glow[None] * colour)
 
 
 def _window(n_src: int, n_dst: int, u: float) -> tuple[int, int, int]:
@@ -244,6 +302,12 @@ class SegmentationSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             1 - aug.jitter, 1 + aug.jitter, size=3
         )
         u_row, u_col = rng.random(2)
+        # Drawn only when enabled, so weather = 0 leaves the other draws as they were.
+        weather = (
+            _weather_draws(rng, mask.shape)
+            if aug.weather > 0 and rng.random() < aug.weather
+            else None
+        )
 
         if flip:
             image, mask = image.flip(-1), mask.flip(-1)
@@ -253,6 +317,8 @@ class SegmentationSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         x.sub_(grey_mean).mul_(contrast).add_(grey_mean).clamp_(0, 1)
         grey = (x * self._luma).sum(0, keepdim=True)  # (1, H, W)
         x.sub_(grey).mul_(saturation).add_(grey).clamp_(0, 1)
+        if weather is not None:
+            x = apply_weather(x, weather)
         x.sub_(self._mean).div_(self._std)  # normalised: padding with 0 is neutral
 
         h, w = mask.shape

@@ -106,6 +106,7 @@ class FitConfig:
     weight_decay: float = 1e-4
     batch_size: int = 8
     aug_strength: float = 0.5
+    weather_aug: float = 0.0
     lr_gamma: float = 0.95
     epochs: int = 20
     patience: int = 4
@@ -265,7 +266,7 @@ def fit(
     train_set = SegmentationSet(
         train.images,
         train.masks,
-        augment=AugmentConfig(strength=config.aug_strength),
+        augment=AugmentConfig(strength=config.aug_strength, weather=config.weather_aug),
         seed=config.seed,
     )
     batch_size = min(config.batch_size, len(train))
