@@ -151,3 +151,53 @@ def test_slicing_pipeline_on_an_in_memory_catalog(tmp_path):
     assert sorted(weights["image_id"]) == train
     summary = result["slicing_summary"].load()
     assert summary["splits"] == splits["split"].value_counts().sort_index().to_dict()
+
+
+@pytest.mark.parametrize(
+    ("decay", "gamma"), [("stretch", 0.9 ** (6 / 45)), ("keep", 0.9), ("bogus", None)]
+)
+def test_refit_decay_keeps_or_stretches_the_trial_gamma(monkeypatch, decay, gamma):
+    import numpy as np
+    import torch
+
+    from edgeloop.pipelines.training import nodes
+    from edgeloop.training import FitResult, ModelInput
+
+    seen = {}
+
+    def fake_fit(config, data, **kwargs):
+        seen["config"] = config
+        return FitResult(
+            model=torch.nn.Conv2d(3, 2, 1),
+            config=config,
+            curves=[],
+            best_epoch=0,
+            best_score=0.5,
+            epochs_run=config.epochs,
+            stopped_early=False,
+            policy="exponential_lr",
+            n_params=8,
+            weights_source="random",
+            seconds=0.0,
+        )
+
+    monkeypatch.setattr(nodes, "fit", fake_fit)
+    data = ModelInput(
+        np.zeros((2, 8, 8, 3), np.uint8),
+        np.zeros((2, 8, 8), np.uint8),
+        np.array(["a", "b"]),
+        np.array(["train", "val"]),
+        np.ones(2),
+        ("background", "plane"),
+    )
+    study = {"best_params": {"architecture": "unet_resnet18", "lr_gamma": 0.9}}
+    training = {"epochs": 6, "refit_epochs": 45, "refit_decay": decay}
+    promoted = nodes.PromotedModel(model=None, version=None)
+    if gamma is None:
+        with pytest.raises(ValueError, match="refit_decay must be"):
+            nodes.refit_best_trial(data, promoted, study, training, 0)
+        return
+    model = nodes.refit_best_trial(data, promoted, study, training, 0)
+    assert seen["config"].epochs == 45
+    assert seen["config"].lr_gamma == pytest.approx(gamma)
+    assert model.metadata["hyperparameters"]["lr_gamma"] == pytest.approx(gamma)

@@ -134,13 +134,23 @@ def refit_best_trial(
     """Refits the best trial's configuration with the same `fit` the sweep used.
 
     `training.refit_epochs` (default: `training.epochs`) lets the final model
-    train longer than each trial of the sweep did; its exponential LR decay is
-    stretched so the LR ends where the trial's did.
+    train longer than each trial of the sweep did. `training.refit_decay`
+    says what its exponential LR decay does over the longer schedule:
+    ``stretch`` (default) slows it so the LR ends where the trial's did;
+    ``keep`` keeps the trial's per-epoch gamma, so the LR ends lower.
+
+    Raises:
+        ValueError: an unknown `training.refit_decay`.
     """
     trial_epochs = int(training.get("epochs", 20))
     epochs = int(training.get("refit_epochs") or trial_epochs)
+    decay = str(training.get("refit_decay", "stretch"))
+    if decay not in ("stretch", "keep"):
+        raise ValueError(
+            f"training.refit_decay must be 'stretch' or 'keep', got {decay!r}"
+        )
     config = FitConfig.from_params(training, **study["best_params"], epochs=epochs)
-    if epochs != trial_epochs:
+    if epochs != trial_epochs and decay == "stretch":
         # The same total LR decay over the longer schedule as the trial had:
         # gamma ** trial_epochs == refit_gamma ** refit_epochs.
         config = dataclasses.replace(
