@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python benchmarks/similarity_throughput.py [--project DIR]
-        [--images 512] [--batch-size 32] [--rounds 3]
+        [--images 512] [--batch-size 32] [--pooling both] [--rounds 3]
         [--n 1000000] [--dim 512] [--clusters 1000] [--queries 1000]
         [--kind ivf] [--nlist N] [--nprobe N] [--build-threads N]
         [--seed 0] [--skip-embed] [--skip-index] [--skip-kmeans] [--json OUT]
@@ -60,7 +60,7 @@ import torch
 from edgeloop.imaging import decode_image, encode_png
 from edgeloop.lake import Lake
 from edgeloop.registry import load_model, promoted_row
-from edgeloop.similarity import EmbeddingStore, embed_frame, make_embedder
+from edgeloop.similarity import POOLINGS, EmbeddingStore, embed_frame, make_embedder
 from edgeloop.vectorindex import VectorIndex, default_nlist, default_nprobe, kmeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,7 +118,12 @@ def embedding_items(
 
 def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
     lake, items, what = embedding_items(args, work)
-    embedder = make_embedder("resnet18", allow_random=True, batch_size=args.batch_size)
+    embedder = make_embedder(
+        "resnet18",
+        allow_random=True,
+        batch_size=args.batch_size,
+        pooling=args.pooling,
+    )
     n = len(items)
     # The raw forward's input, prepared once: same images, same batches.
     # Timed by phase, to say where the full path's overhead goes.
@@ -162,7 +167,8 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
     overhead = full / raw - 1.0
     ratio = rerun / full
     print(
-        f"\nembedding: {what}; resnet18 (random init), batch {args.batch_size}, "
+        f"\nembedding: {what}; {embedder.backbone} (random init), "
+        f"batch {args.batch_size}, "
         f"torch threads {torch.get_num_threads()}; medians of {args.rounds} "
         "alternating rounds\n"
     )
@@ -333,12 +339,14 @@ def bench_index(args: argparse.Namespace, x: np.ndarray, q: np.ndarray) -> dict:
 # -- 3. real embeddings ---------------------------------------------------------------
 
 
-def stream_vectors(project: Path) -> tuple[str, list[str], np.ndarray]:
+def stream_vectors(
+    project: Path, pooling: str = "both"
+) -> tuple[str, list[str], np.ndarray]:
     """The stream predictions' embeddings by the project's own embedder."""
     lake = Lake(str(project / "data/lake"))
     row = promoted_row(lake.read("models"))
     model = load_model(lake, row) if row is not None else None
-    embedder = make_embedder("resnet18", model=model)
+    embedder = make_embedder("resnet18", model=model, pooling=pooling)
     store = EmbeddingStore(project / STORE)
     preds = lake.read("predictions", columns=["image_id", "image_blob"])
     embed_frame(
@@ -355,7 +363,7 @@ def stream_vectors(project: Path) -> tuple[str, list[str], np.ndarray]:
 
 
 def bench_stream_recall(args: argparse.Namespace) -> dict:
-    what, ids, vectors = stream_vectors(Path(args.project))
+    what, ids, vectors = stream_vectors(Path(args.project), args.pooling)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(ids))
     qi, xi = order[:STREAM_QUERIES], order[STREAM_QUERIES:]
@@ -436,6 +444,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512, help="images to embed")
     parser.add_argument("--size", type=int, default=128, help="synthetic image side")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="both",
+        help="embedding pooling, as similarity.pooling (both)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="embedding rounds")
     parser.add_argument("--n", type=int, default=1_000_000, help="indexed vectors")
     parser.add_argument("--dim", type=int, default=512)
