@@ -91,9 +91,9 @@ def _resnet_trunk(
     - ``both``: style and gap blocks side by side (896-d).
 
     Every block is L2-normalised, and ``both`` is scaled to unit norm, so no
-    block dominates the cosine distance by its size.
+    block dominates the cosine distance by its size. `make_embedder` checks
+    `pooling`.
     """
-    _check_pooling(pooling)
     c1 = net.layer1[-1].conv1.in_channels  # 64 for resnet18/34
     c2 = net.layer2[-1].conv1.in_channels  # 128
     dims = {"gap": 512, "style": 2 * (c1 + c2), "both": 2 * (c1 + c2) + 512}
