@@ -74,7 +74,12 @@ from edgeloop.similarity import (
     embed_frame,
     make_embedder,
 )
-from edgeloop.vectorindex import QUERIES, VectorIndex, knn_candidates
+from edgeloop.vectorindex import (
+    QUERIES,
+    QueryBackground,
+    VectorIndex,
+    knn_candidates,
+)
 
 SCENE = ("night", "dusk", "glare", "haze")
 OBJECT = ("tiny", "many")
@@ -181,7 +186,7 @@ def retrieve(
     name: str,
     positive: np.ndarray,
     ids: list[str],
-    indexes: dict[str, tuple[VectorIndex, np.ndarray]],
+    indexes: Indexes,
     args: argparse.Namespace,
 ) -> dict[str, list[float]]:
     """Precision@k per repeat for each index and for random picks."""
@@ -193,15 +198,14 @@ def retrieve(
         rng = condition_rng(args.seed, name, r)
         seed_rows = rng.choice(pos_rows, args.seeds, replace=False)
         seed_ids = id_arr[seed_rows].tolist()
-        for kind, (index, vectors) in indexes.items():
+        for kind, (index, vectors, background) in indexes.items():
             hits = knn_candidates(
                 index,
                 vectors[seed_rows],
                 seed_ids,
                 args.k,
                 query=args.query,
-                background=vectors,
-                shrinkage=args.shrinkage,
+                background=background,
             )
             out[kind].append(float(np.mean([label[i] for i in hits["image_id"]])))
         others = np.setdiff1d(np.arange(len(ids)), seed_rows)
@@ -217,7 +221,7 @@ def fmt(values: list[float]) -> str:
 def retrieval_table(
     conditions: dict[str, tuple[str, np.ndarray]],
     ids: list[str],
-    indexes: dict[str, tuple[VectorIndex, np.ndarray]],
+    indexes: Indexes,
     args: argparse.Namespace,
     *,
     targets: bool,
@@ -283,13 +287,23 @@ def retrieval_table(
     return results
 
 
+Indexes = dict[str, tuple[VectorIndex, np.ndarray, QueryBackground | None]]
+
+
 def build_indexes(
-    vectors: np.ndarray, hists: np.ndarray, ids: list[str]
-) -> dict[str, tuple[VectorIndex, np.ndarray]]:
-    return {
-        "cnn": (VectorIndex.build(vectors, ids, kind="exact"), vectors),
-        "hist": (VectorIndex.build(hists, ids, kind="exact"), hists),
-    }
+    vectors: np.ndarray, hists: np.ndarray, ids: list[str], args: argparse.Namespace
+) -> Indexes:
+    """Exact index, vectors and (for the discriminative query) background."""
+
+    def one(x: np.ndarray) -> tuple[VectorIndex, np.ndarray, QueryBackground | None]:
+        background = (
+            QueryBackground.fit(x, shrinkage=args.shrinkage)
+            if args.query == "discriminative"
+            else None
+        )
+        return VectorIndex.build(x, ids, kind="exact"), x, background
+
+    return {"cnn": one(vectors), "hist": one(hists)}
 
 
 # -- the synthetic stream -----------------------------------------------------------
@@ -390,7 +404,7 @@ def stream_benchmark(args: argparse.Namespace, project: Path) -> dict:
         f"mean ± std over {args.repeats} repeats (seed {args.seed})\n"
     )
     rows = retrieval_table(
-        conditions, ids, build_indexes(vectors, hists, ids), args, targets=True
+        conditions, ids, build_indexes(vectors, hists, ids, args), args, targets=True
     )
     short = [r["condition"] for r in rows if r.get("max_precision", 1.0) < 1.0]
     if short:
@@ -470,7 +484,7 @@ def camvid_benchmark(args: argparse.Namespace, project: Path) -> dict | None:
     )
     conditions = {s: ("sequence", seq == s) for s in sorted(set(seq))}
     rows = retrieval_table(
-        conditions, ids, build_indexes(vectors, hists, ids), args, targets=False
+        conditions, ids, build_indexes(vectors, hists, ids, args), args, targets=False
     )
     return {"lake": lake.root, "embedder": what, "n": len(ids), "retrieval": rows}
 

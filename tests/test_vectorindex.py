@@ -379,10 +379,11 @@ def test_discriminative_query_finds_what_the_seeds_share():
     seeds = np.flatnonzero(rare)[:5]
     seed_ids = [ids[i] for i in seeds]
     label = dict(zip(ids, rare.tolist(), strict=True))
+    background = vectorindex.QueryBackground.fit(x, shrinkage=0.01)
 
     def precision(query: str) -> float:
         out = knn_candidates(
-            index, x[seeds], seed_ids, 20, query=query, background=x, shrinkage=0.01
+            index, x[seeds], seed_ids, 20, query=query, background=background
         )
         assert len(out) == 20 and not set(out["image_id"]) & set(seed_ids)
         assert out["rank"].tolist() == list(range(1, 21))
@@ -393,32 +394,36 @@ def test_discriminative_query_finds_what_the_seeds_share():
     # 25 rare images are left to find; nearest-seed finds few of them.
     assert disc >= 0.9 and nearest <= 0.4, (disc, nearest)
     out = knn_candidates(
-        index, x[seeds], seed_ids, 5, query="discriminative", background=x
+        index, x[seeds], seed_ids, 5, query="discriminative", background=background
     )
     assert set(out["nearest_seed"]) == {"(all)"}
 
 
-def test_discriminative_query_maths_and_errors():
+def test_query_background_maths_and_errors():
     rng = np.random.default_rng(3)
     bg = rng.standard_normal((200, 4)).astype(np.float32)
     seeds = bg[:3] + np.float32(2.0)
-    w = vectorindex.discriminative_query(seeds, bg, shrinkage=0.5)
+    fitted = vectorindex.QueryBackground.fit(bg, shrinkage=0.5)
+    w = fitted.query(seeds)
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     b, s = unit(bg.astype(np.float64)), unit(seeds.astype(np.float64))
     cov = np.cov(b, rowvar=False)
     cov += 0.5 * np.trace(cov) / 4 * np.eye(4)
     expected = np.linalg.solve(cov, s.mean(0) - b.mean(0))
     np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-6)
-    # A sample of the background is used above max_background, seeded.
-    a1 = vectorindex.discriminative_query(seeds, bg, max_background=50, seed=1)
-    a2 = vectorindex.discriminative_query(seeds, bg, max_background=50, seed=1)
-    np.testing.assert_array_equal(a1, a2)
+    # A seeded sample of the background is used above max_rows.
+    sample = vectorindex.QueryBackground.fit(bg, max_rows=50, seed=1)
+    again = vectorindex.QueryBackground.fit(bg, max_rows=50, seed=1)
+    np.testing.assert_array_equal(sample.query(seeds), again.query(seeds))
+    assert not np.allclose(sample.mean, fitted.mean)  # 50 rows, not 200
     with pytest.raises(ValueError, match="shrinkage must be > 0"):
-        vectorindex.discriminative_query(seeds, bg, shrinkage=0)
+        vectorindex.QueryBackground.fit(bg, shrinkage=0)
     with pytest.raises(ValueError, match="background must be"):
-        vectorindex.discriminative_query(seeds, bg[:, :3])
+        vectorindex.QueryBackground.fit(bg[:1])
+    with pytest.raises(ValueError, match="the background 4"):
+        fitted.query(seeds[:, :3])
     index = VectorIndex.build(bg, _ids(200))
-    with pytest.raises(ValueError, match="needs the background"):
+    with pytest.raises(ValueError, match="needs a QueryBackground"):
         knn_candidates(index, seeds, _ids(3), 5, query="discriminative")
     with pytest.raises(ValueError, match="unknown query 'centroid'"):
         knn_candidates(index, seeds, _ids(3), 5, query="centroid")

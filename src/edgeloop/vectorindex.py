@@ -36,6 +36,7 @@ import math
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -434,65 +435,88 @@ class VectorIndex:
 QUERIES = ("nearest_seed", "discriminative")
 
 
-def discriminative_query(
-    seed_vectors: np.ndarray,
-    background: np.ndarray,
-    *,
-    shrinkage: float = 1.0,
-    max_background: int = 20_000,
-    seed: int = 0,
-) -> np.ndarray:
-    """One query vector for what a few seeds share and the collection lacks.
+@dataclass(frozen=True)
+class QueryBackground:
+    """A collection's statistics for discriminative queries: fit once, ask many.
 
     Whitened LDA with the collection as the negative class (Hariharan, Malik
     and Ramanan, "Discriminative decorrelation for clustering and
-    classification", ECCV 2012): ``w = (S + lam I)^-1 (mean(seeds) - mean(bg))``,
-    with ``S`` the covariance of the (L2-normalised) background and ``lam =
-    shrinkage * trace(S) / D``. Features that vary a lot anyway (the pose,
-    the background) count little; what the seeds agree on and the collection
-    rarely shows (a glare, a haze) counts much. On unit vectors, ranking by
-    ``w . x`` is ranking by cosine similarity to ``w``, so an ordinary cosine
-    index answers the query.
+    classification", ECCV 2012): for seeds, ``w = (S + lam I)^-1 (mean(seeds)
+    - mean(bg))``, with ``S`` the covariance of the (L2-normalised) background
+    and ``lam = shrinkage * trace(S) / D``. Features that vary a lot anyway
+    (the pose, the background) count little; what the seeds agree on and the
+    collection rarely shows (a glare, a haze) counts much. On unit vectors,
+    ranking by ``w . x`` is ranking by cosine similarity to ``w``, so an
+    ordinary cosine index answers the query.
 
-    Args:
-        seed_vectors: (S, D) features of the seeds (S >= 1).
-        background: (N, D) features of the collection searched (N >= 2);
-            a seeded sample of `max_background` rows is used above that.
-        shrinkage: Ridge, relative to the mean variance (> 0). Large values
-            tend to the difference of means.
-        max_background: Rows used for the mean and covariance.
-        seed: Seed of that sample.
-
-    Returns:
-        (D,) float32 query vector.
-
-    Raises:
-        ValueError: bad shapes, NaN or inf, shrinkage <= 0.
+    Attributes:
+        mean: (D,) mean of the normalised background.
+        factor: Cholesky factor of the regularised covariance
+            (`scipy.linalg.cho_factor`).
     """
-    if not shrinkage > 0:
-        raise ValueError(f"shrinkage must be > 0, got {shrinkage!r}")
-    seeds = _as_matrix(seed_vectors, "seed_vectors", "cosine").astype(np.float64)
-    bg = np.asarray(background)
-    if bg.ndim != 2 or bg.shape[0] < 2 or bg.shape[1] != seeds.shape[1]:
-        raise ValueError(
-            f"background must be (N >= 2, {seeds.shape[1]}), got shape {bg.shape}"
-        )
-    if len(bg) > max_background:
-        rows = np.random.default_rng(seed).choice(
-            len(bg), max_background, replace=False
-        )
-        bg = bg[np.sort(rows)]
-    bg = _as_matrix(bg, "background", "cosine").astype(np.float64)
-    mu = bg.mean(axis=0)
-    cov = np.cov(bg, rowvar=False)
-    dim = cov.shape[0]
-    cov[np.diag_indices(dim)] += shrinkage * max(np.trace(cov) / dim, 1e-12)
-    w = np.linalg.solve(cov, seeds.mean(axis=0) - mu)
-    if not np.any(w):
-        raise ValueError(
-            "the seeds' mean equals the background's: no direction to query"
-        )
-    return w.astype(np.float32)
+
+    mean: np.ndarray
+    factor: tuple[np.ndarray, bool]
+
+    @classmethod
+    def fit(
+        cls,
+        vectors: np.ndarray,
+        *,
+        shrinkage: float = 1.0,
+        max_rows: int = 20_000,
+        seed: int = 0,
+    ) -> QueryBackground:
+        """Mean and regularised covariance of `vectors`.
+
+        Args:
+            vectors: (N, D) features of the collection searched (N >= 2); a
+                seeded sample of `max_rows` rows is used above that.
+            shrinkage: Ridge, relative to the mean variance (> 0). Large
+                values tend to the difference of means.
+            max_rows: Rows used for the mean and covariance.
+            seed: Seed of that sample.
+
+        Raises:
+            ValueError: bad shapes, NaN or inf, shrinkage <= 0.
+        """
+        from scipy.linalg import cho_factor
+
+        if not shrinkage > 0:
+            raise ValueError(f"shrinkage must be > 0, got {shrinkage!r}")
+        bg = np.asarray(vectors)
+        if bg.ndim != 2 or bg.shape[0] < 2:
+            raise ValueError(f"background must be (N >= 2, D), got shape {bg.shape}")
+        if len(bg) > max_rows:
+            rows = np.random.default_rng(seed).choice(len(bg), max_rows, replace=False)
+            bg = bg[np.sort(rows)]
+        bg = _as_matrix(bg, "background", "cosine").astype(np.float64)
+        cov = np.cov(bg, rowvar=False)
+        dim = cov.shape[0]
+        cov[np.diag_indices(dim)] += shrinkage * max(np.trace(cov) / dim, 1e-12)
+        return cls(bg.mean(axis=0), cho_factor(cov))
+
+    def query(self, seed_vectors: np.ndarray) -> np.ndarray:
+        """(D,) float32 query vector for what the seeds share.
+
+        Raises:
+            ValueError: a dim mismatch, NaN or inf, or seeds whose mean is the
+                background's.
+        """
+        from scipy.linalg import cho_solve
+
+        seeds = _as_matrix(seed_vectors, "seed_vectors", "cosine").astype(np.float64)
+        if seeds.shape[1] != len(self.mean):
+            raise ValueError(
+                f"seed_vectors have dim {seeds.shape[1]}, "
+                f"the background {len(self.mean)}"
+            )
+        w = cho_solve(self.factor, seeds.mean(axis=0) - self.mean)
+        if not np.any(w):
+            raise ValueError(
+                "the seeds' mean equals the background's: no direction to query"
+            )
+        return w.astype(np.float32)
 
 
 def knn_candidates(
@@ -503,8 +527,7 @@ def knn_candidates(
     *,
     exclude: Collection[str] | None = None,
     query: str = "nearest_seed",
-    background: np.ndarray | None = None,
-    shrinkage: float = 1.0,
+    background: QueryBackground | None = None,
 ) -> pd.DataFrame:
     """The n indexed images most like a few seed images.
 
@@ -512,9 +535,9 @@ def knn_candidates(
 
     - ``nearest_seed``: each candidate is scored by its distance to the
       nearest seed; candidates found from several seeds appear once.
-    - ``discriminative``: one query, `discriminative_query` of the seeds
-      against `background` (normally the indexed vectors): what the seeds have
-      in common, not what each looks like. Distance is to that query, and
+    - ``discriminative``: one query, `QueryBackground.query` of the seeds
+      against `background` (normally fitted on the indexed vectors): what the
+      seeds have in common, not what each looks like. Distance is to that query, and
       ``nearest_seed`` is "(all)". On the synthetic stream, with `both`
       pooling, precision@50 for glare is 0.80 against 0.08 for nearest_seed
       with `gap` pooling (benchmarks/retrieval.py).
@@ -528,8 +551,7 @@ def knn_candidates(
         n: Candidates wanted.
         exclude: More ids to leave out (e.g. images already labelled).
         query: ``nearest_seed`` or ``discriminative``.
-        background: (N, D) vectors for ``discriminative``.
-        shrinkage: Its ridge (see `discriminative_query`).
+        background: The fitted collection, for ``discriminative``.
 
     Returns:
         Up to n rows, most similar first, with columns image_id, distance,
@@ -548,8 +570,8 @@ def knn_candidates(
     best: dict[str, tuple[float, str]] = {}
     if query == "discriminative":
         if background is None:
-            raise ValueError("query='discriminative' needs the background vectors")
-        w = discriminative_query(seeds, background, shrinkage=shrinkage)
+            raise ValueError("query='discriminative' needs a QueryBackground")
+        w = background.query(seeds)
         for image_id, dist in index.search(w, n, exclude=excluded)[0]:
             best[image_id] = (dist, "(all)")
     else:

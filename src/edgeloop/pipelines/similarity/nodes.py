@@ -23,7 +23,12 @@ from edgeloop.similarity import (
     make_embedder,
     montage,
 )
-from edgeloop.vectorindex import VectorIndex, cluster_path, knn_candidates
+from edgeloop.vectorindex import (
+    QueryBackground,
+    VectorIndex,
+    cluster_path,
+    knn_candidates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ def _embedder(lake: Lake, models: pd.DataFrame, params: Mapping[str, Any]):
         allow_random=bool(params.get("allow_random", False)),
         batch_size=int(params.get("batch_size", 32)),
         input_size=params.get("input_size") or None,
-        pooling=str(params.get("pooling", "gap")),
+        pooling=str(params.get("pooling", "both")),
     )
 
 
@@ -198,8 +203,7 @@ def find_similar(
     """
     settings = params.get("knn") or {}
     n = int(settings.get("n", 50))
-    query = str(settings.get("query", "nearest_seed"))
-    shrinkage = float(settings.get("shrinkage", 1.0))
+    query = str(settings.get("query", "discriminative"))
     query_ids = [str(i) for i in (settings.get("image_ids") or [])]
     preds = _predictions(lake)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
@@ -227,6 +231,12 @@ def find_similar(
         kind=str(index_params.get("kind", "auto")),
         faiss_threshold=int(index_params.get("faiss_threshold", 50_000)),
     )
+    # Fitted on every embedded image, so a query does not move as labels come in.
+    background = (
+        QueryBackground.fit(vectors, shrinkage=float(settings.get("shrinkage", 1.0)))
+        if query == "discriminative"
+        else None
+    )
     frames, montages = [], {}
     blobs = preds.drop_duplicates("image_id").set_index("image_id")["image_blob"]
     for bug_id, tag, seeds in queries:
@@ -248,8 +258,7 @@ def find_similar(
             n,
             exclude=labeled,
             query=query,
-            background=vectors,  # every embedded image: stable as labels come in
-            shrinkage=shrinkage,
+            background=background,
         )
         frames.append(found.assign(bug_id=bug_id, tag=tag)[KNN_COLUMNS])
         shown = known[:6] + found["image_id"].tolist()[: 24 - min(len(known), 6)]
