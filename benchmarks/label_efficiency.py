@@ -4,6 +4,12 @@ Usage:
     .venv/bin/python benchmarks/label_efficiency.py [--env bench] [--seeds 0,1,2]
         [--strategies random,entropy,hitl] [--iterations 5] [--budget 20]
         [--out data/09_label_efficiency] [--project .]
+    .venv/bin/python benchmarks/label_efficiency.py --dataset camvid
+        [--camvid-root ../shared/data/camvid] [--out data/09_label_efficiency_camvid]
+
+On CamVid (env camvid) the defaults are 3 iterations and a budget of the seed
+set's size, so every strategy goes from 10% to 40% of the train frames labeled;
+"% labeled" then counts the seed set too (of all train frames).
 
 It wraps `edgeloop simulate` (the same Kedro pipelines for every strategy, the
 simulated annotator answering through the Label Studio import path), runs the
@@ -45,6 +51,18 @@ def _pm(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(np.mean(values))} ± {fmt.format(np.std(values, ddof=1))}"
 
 
+def _camvid_train_frames(project: Path, params: dict, args) -> int:
+    """How many official train frames CamVid lists (for the default budget)."""
+    source = (params.get("ingest") or {}).get("source") or {}
+    root = args.camvid_root or Path(source.get("root", ""))
+    root = root if root.is_absolute() else project / root
+    files = source.get("list_files") or {}
+    path = root / files.get("train", "train.txt")
+    if not path.is_file():
+        raise SystemExit(f"CamVid train list {path} not found: give --camvid-root")
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
 def _reach(records: list[dict], target: float) -> tuple[float, float] | None:
     """(masks, cost) at the first iteration whose eval mIoU reaches target."""
     for rec in sorted(records, key=lambda r: r["iteration"]):
@@ -56,18 +74,45 @@ def _reach(records: list[dict], target: float) -> tuple[float, float] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--project", type=Path, default=Path("."))
-    ap.add_argument("--env", default="bench", help="Kedro env (default: bench)")
+    ap.add_argument("--dataset", choices=["synthetic", "camvid"], default="synthetic")
+    ap.add_argument(
+        "--env", default=None, help="Kedro env (default: bench; camvid for CamVid)"
+    )
+    ap.add_argument("--camvid-root", type=Path, default=None)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--strategies", default="random,entropy,hitl")
-    ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--budget", type=int, default=20, help="masks per iteration")
-    ap.add_argument("--out", type=Path, default=Path("data/09_label_efficiency"))
+    ap.add_argument(
+        "--iterations", type=int, default=None, help="default: 5 (CamVid: 3)"
+    )
+    ap.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="masks per iteration (default: 20; CamVid: the seed set's size)",
+    )
+    ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    camvid = args.dataset == "camvid"
     seeds = tuple(int(s) for s in args.seeds.split(","))
     strategies = [s for s in args.strategies.split(",") if s]
-    env = None if args.env == "local" else args.env
-    project, out = args.project.resolve(), args.out.resolve()
+    env = args.env or ("camvid" if camvid else "bench")
+    env = None if env == "local" else env
+    project = args.project.resolve()
+    out = (
+        args.out or Path(f"data/09_label_efficiency{'_camvid' if camvid else ''}")
+    ).resolve()
+    _, params = project_config(project, env)
+    sim = params.get("simulation") or {}
+    iterations = args.iterations or (3 if camvid else 5)
+    budget = args.budget
+    if budget is None:
+        if camvid:
+            # The seed set's size: 10% -> 40% of the train frames in 3 steps.
+            frac = float((sim.get("camvid") or {}).get("seed_frac", 0.1))
+            budget = round(frac * _camvid_train_frames(project, params, args))
+        else:
+            budget = 20
 
     t0 = time.perf_counter()
     for strategy in [REFERENCE, *strategies]:
@@ -75,17 +120,18 @@ def main(argv: list[str] | None = None) -> int:
             project=project,
             out=out,
             strategy=strategy,
-            iterations=args.iterations,
-            budget=args.budget,
+            dataset=args.dataset,
+            iterations=iterations,
+            budget=budget,
             seeds=seeds,
             env=env,
             progress=not args.quiet,
+            camvid_root=args.camvid_root.resolve() if args.camvid_root else None,
         )
         simulate(plan, echo=lambda s: print(s, flush=True))
     minutes = (time.perf_counter() - t0) / 60
 
-    _, params = project_config(project, env)
-    sim, syn = params.get("simulation") or {}, params.get("synthetic") or {}
+    syn = params.get("synthetic") or {}
     training = {
         **params.get("training", {}),
         **sim.get("overrides", {}).get("training", {}),
@@ -105,7 +151,33 @@ def main(argv: list[str] | None = None) -> int:
     eval_n = records[0]["slices"]["all"]["n"]
     forgetting = pd.read_csv(out / "forgetting.csv")
 
-    collected = syn.get("counts", {}).get("collected")
+    if camvid:
+        counts = (
+            json.loads((out / "data" / "camvid-seed0" / "manifest.json").read_text())[
+                "counts"
+            ]
+            if (out / "data" / "camvid-seed0" / "manifest.json").is_file()
+            else {}
+        )
+        seed_n = int(counts.get("seed", 0))
+        train_n = int(counts.get("train_frames", pool))
+        size = (sim.get("camvid") or {}).get("size")
+        seed_set = (
+            f"{seed_n} of CamVid's {train_n} train frames, chosen by the seed; "
+            f"the official {counts.get('val')} val frames are the val split"
+        )
+        eval_set = f"{eval_n} CamVid official test frames"
+        data_size = f"frames resized to {size} once; "
+    else:
+        seed_n, train_n = 0, pool
+        seed_set = f"{syn.get('counts', {}).get('collected')} labeled images"
+        eval_set = f"{eval_n} synthetic eval images"
+        data_size = ""
+
+    def pct(masks: float) -> float:
+        """Labeled share: added masks of the pool (CamVid: seed + added of train)."""
+        return 100 * (seed_n + masks) / train_n
+
     recipe = (
         f"{training.get('architectures')}, {training.get('n_trials')} trials x "
         f"{training.get('epochs')} epochs + refit {training.get('refit_epochs')} "
@@ -113,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     rules = [
         "every strategy of a seed starts from the same seed set and iteration-0 "
-        f"model ({collected} labeled images)",
+        f"model ({seed_set})",
         "scored on a fixed, fully labeled eval set that is never in the pool: "
-        f"{eval_n} synthetic eval images",
-        f"pool {pool} images; budget {args.budget} masks per iteration; "
-        f"{args.iterations} iterations; seeds {list(seeds)}",
-        f"resolution {training.get('input_size')}; recipe {recipe}",
+        f"{eval_set}",
+        f"pool {pool} images; budget {budget} masks per iteration; "
+        f"{iterations} iterations ({pct(0):.0f}% -> {pct(budget * iterations):.0f}% "
+        f"labeled); seeds {list(seeds)}",
+        f"{data_size}resolution {training.get('input_size')}; recipe {recipe}",
         f"full-data mIoU = the same recipe on the whole pool: {_pm(full)}; "
         f"target 95% = {target:.3f}",
         "cost = 1 per mask + 0.1 per review verdict (only hitl uses reviews)",
@@ -132,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
 
     budgets = sorted({r["masks"] for r in records if r["strategy"] in strategies})
-    widths = [("strategy", 9), ("masks to 95%", 16), ("% of pool", 12)]
+    col = "% labeled" if camvid else "% of pool"
+    widths = [("strategy", 9), ("masks to 95%", 16), (col, 12)]
     widths += [("cost to 95%", 16), ("forgetting", 11)]
     header = "".join(
         f"{name:<{w}}" if i == 0 else f"{name:>{w}}"
@@ -156,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         masks = _pm([h[0] for h in got], "{:.0f}") + (
             f" ({len(got)}/{len(seeds)})" if len(got) < len(seeds) else ""
         )
-        frac = _pm([100 * h[0] / pool for h in got], "{:.1f}")
+        frac = _pm([pct(h[0]) for h in got], "{:.1f}")
         cost = _pm([h[1] for h in got], "{:.1f}")
         n_forget = int((forgetting["strategy"] == strategy).sum())
         cells = "  ".join(f"{_pm(at[b]):>15}" for b in budgets)

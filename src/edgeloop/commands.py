@@ -288,11 +288,11 @@ if __name__ == "__main__":
 @click.option(
     "--env",
     type=click.Choice(["ci", "bench", "local", "camvid"]),
-    default="local",
-    show_default=True,
+    default=None,
     help="Kedro environment: ci is tiny (64 px, 60-image pool), bench the "
     "label-efficiency benchmark's (64 px, 400-image pool), local the default "
-    "(128 px, 2000-image pool).",
+    "(128 px, 2000-image pool), camvid CamVid's.  [default: local, or camvid "
+    "with --dataset camvid]",
 )
 @click.option(
     "--out",
@@ -316,16 +316,24 @@ if __name__ == "__main__":
     help="Extra runtime params for every session, as JSON, e.g. "
     '\'{"training": {"refit_epochs": 4}}\'.',
 )
+@click.option(
+    "--camvid-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The CamVid folder (train.txt, val.txt, test.txt and the frames) for "
+    "--dataset camvid.  [default: the camvid env's, ../shared/data/camvid]",
+)
 def simulate_cmd(
     dataset: str,
     strategy: str,
     iterations: int,
     budget: int,
     seeds: str,
-    env: str,
+    env: str | None,
     out: Path,
     project: Path,
     extra: str | None,
+    camvid_root: Path | None,
 ) -> None:
     """Runs the loop end to end with a simulated annotator.
 
@@ -334,6 +342,11 @@ def simulate_cmd(
     and labeling tasks from the truth, writing Label Studio export files that go
     through the same import path as people's. Writes curves.csv, summary.csv,
     forgetting.csv, learning_curves.png, slice_curves.png and cards/ to --out.
+
+    With --dataset camvid, a share of CamVid's train frames is the labeled seed
+    set, the rest the unlabeled pool (timestamps from frame order), and the
+    official test frames the fixed evaluation set (simulation.camvid in
+    conf/camvid/parameters_simulation.yml).
     """
     from edgeloop.simulate import SimulationPlan, simulate
 
@@ -342,20 +355,21 @@ def simulate_cmd(
         extra_params = json.loads(extra) if extra else {}
     except ValueError as err:
         raise click.BadParameter(f"{err}") from err
-    plan = SimulationPlan(
-        project=project.resolve(),
-        out=out.resolve(),
-        dataset=dataset,
-        strategy=strategy,
-        iterations=iterations,
-        budget=budget,
-        seeds=seed_list,
-        env=None if env == "local" else env,
-        extra_params=extra_params,
-    )
     try:
+        plan = SimulationPlan(
+            project=project.resolve(),
+            out=out.resolve(),
+            dataset=dataset,
+            strategy=strategy,
+            iterations=iterations,
+            budget=budget,
+            seeds=seed_list,
+            env=None if env in (None, "local") and dataset != "camvid" else env,
+            extra_params=extra_params,
+            camvid_root=camvid_root.resolve() if camvid_root else None,
+        )
         report = simulate(plan, echo=click.echo)
-    except (NotImplementedError, FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(
         f"{report['records']} records; forgetting events: "

@@ -60,6 +60,7 @@ from edgeloop.metrics import (
     per_image_confusion,
 )
 from edgeloop.review_tasks import CONDITION, VERDICT
+from edgeloop.simdata import CamvidSimConfig, PreparedCamvid, prepare_camvid
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,9 @@ class AnnotatorConfig:
             (random other object) class.
         bug_tags: The conditions a reviewer names in a bug verdict (the image's
             true tags among these); an image with none gives `other`.
+        tau_quantile: If set, the threshold is also at most this quantile of
+            the batch's mIoUs, so a reviewer flags the worst predictions of a
+            weak model instead of all of them.
         seed: Seeds the label noise.
     """
 
@@ -165,6 +169,7 @@ class AnnotatorConfig:
     pixel_cost: float = 0.0
     label_noise: float = 0.0
     bug_tags: tuple[str, ...] = ("dusk", "night", "glare", "haze", "cloud")
+    tau_quantile: float | None = None
     seed: int = 0
 
     @classmethod
@@ -178,6 +183,10 @@ class AnnotatorConfig:
         cfg = cls(**params)
         if not 0.0 <= cfg.label_noise <= 1.0:
             raise ValueError(f"label_noise must be in [0, 1], got {cfg.label_noise}")
+        if cfg.tau_quantile is not None and not 0.0 < cfg.tau_quantile < 1.0:
+            raise ValueError(
+                f"tau_quantile must be in (0, 1) or null, got {cfg.tau_quantile}"
+            )
         if not 0.0 <= cfg.tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {cfg.tau}")
         return cfg
@@ -232,6 +241,7 @@ class SimulatedAnnotator:
         """
         cm, cfg = self.class_map, self.config
         export, bugs, skipped = [], 0, 0
+        scored: list[tuple[int, Mapping, str, float]] = []
         for i, task in enumerate(tasks):
             image_id = str(task["data"].get("image_id", ""))
             if image_id not in self.truth or not task.get("predictions"):
@@ -247,7 +257,14 @@ class SimulatedAnnotator:
                     truth, pred, cm.num_classes, ignore_index=cm.ignore_index
                 )
             ).miou
-            verdict = "bug" if (np.isnan(miou) or miou < cfg.tau) else "correct"
+            scored.append((i, task, image_id, float(miou)))
+        tau = cfg.tau
+        values = [m for *_, m in scored if not np.isnan(m)]
+        if cfg.tau_quantile is not None and values:
+            # Relative: people flag what is bad for this model, not everything.
+            tau = min(tau, float(np.quantile(values, cfg.tau_quantile)))
+        for i, task, image_id, miou in scored:
+            verdict = "bug" if (np.isnan(miou) or miou < tau) else "correct"
             result = [
                 {
                     "id": "verdict",
@@ -510,7 +527,10 @@ class SimulationPlan:
         out: Where runs, curves, tables and cards go.
         strategy: An `acquisition.strategy`, or `full` (the reference: the
             whole pool labeled in one iteration, same recipe).
-        env: The Kedro environment (None: the default, `local`).
+        env: The Kedro environment (None: the default, `local`; `camvid` for
+            the camvid dataset).
+        camvid_root: The real CamVid folder (default: the camvid env's
+            `ingest.source.root`, relative to the project).
     """
 
     project: Path
@@ -523,10 +543,18 @@ class SimulationPlan:
     env: str | None = None
     progress: bool = True
     extra_params: dict[str, Any] = field(default_factory=dict)
+    camvid_root: Path | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset == "camvid":
+            if self.env is None:
+                self.env = "camvid"
+            elif self.env != "camvid":
+                raise ValueError(
+                    f"--dataset camvid runs in the camvid environment, not {self.env!r}"
+                )
         if self.strategy not in (*STRATEGIES, REFERENCE):
             raise ValueError(
                 f"strategy must be one of {(*STRATEGIES, REFERENCE)}, "
@@ -543,8 +571,15 @@ class SimulationPlan:
 class Run:
     """One (strategy, seed): a project folder, its state and its records."""
 
-    def __init__(self, plan: SimulationPlan, seed: int, sim: Mapping[str, Any]):
+    def __init__(
+        self,
+        plan: SimulationPlan,
+        seed: int,
+        sim: Mapping[str, Any],
+        data_params: Mapping[str, Any] | None = None,
+    ):
         self.plan, self.seed, self.sim = plan, seed, sim
+        self.data_params = dict(data_params or {})
         self.dir = plan.out / "runs" / f"{plan.strategy}-seed{seed}"
         self.state_path = self.dir / "state.json"
         self.state = (
@@ -576,6 +611,8 @@ class Run:
         }
         merged = deep_merge(self.sim.get("overrides") or {}, run)
         merged = deep_merge(merged, plan.extra_params)
+        # Where this seed's data is (CamVid): derived, so it wins.
+        merged = deep_merge(merged, self.data_params)
         if plan.strategy == REFERENCE:
             merged = deep_merge(
                 merged, {"pseudo_labelling": {"methods": ["own_model"]}}
@@ -599,7 +636,12 @@ def copy_project(project: Path, dest: Path) -> Path:
     return dest
 
 
-def _make_base(plan: SimulationPlan, seed: int, sim: Mapping[str, Any]) -> Path:
+def _make_base(
+    plan: SimulationPlan,
+    seed: int,
+    sim: Mapping[str, Any],
+    data_params: Mapping[str, Any] | None = None,
+) -> Path:
     """Ingest and iteration 0 for a seed, shared by every strategy (resumable)."""
     base = plan.out / "runs" / f"base-seed{seed}"
     if (base / ".complete").is_file():
@@ -607,7 +649,12 @@ def _make_base(plan: SimulationPlan, seed: int, sim: Mapping[str, Any]) -> Path:
     if base.exists():
         shutil.rmtree(base)
     copy_project(plan.project, base)
-    run = Run(SimulationPlan(**{**plan.__dict__, "strategy": "random"}), seed, sim)
+    run = Run(
+        SimulationPlan(**{**plan.__dict__, "strategy": "random"}),
+        seed,
+        sim,
+        data_params,
+    )
     log.info("seed %d: ingest and iteration 0 in %s", seed, base)
     kedro_run(
         base,
@@ -620,8 +667,11 @@ def _make_base(plan: SimulationPlan, seed: int, sim: Mapping[str, Any]) -> Path:
 
 
 def _truth(
-    run_dir: Path, sim: Mapping[str, Any]
+    run_dir: Path, sim: Mapping[str, Any], prepared: PreparedCamvid | None = None
 ) -> tuple[LabeledFolder, LabeledFolder]:
+    if prepared is not None:
+        pool = LabeledFolder.from_folders(prepared.pool / "images", prepared.truth)
+        return pool, LabeledFolder.from_folders(prepared.eval / "images", prepared.eval)
     paths = sim.get("paths") or {}
     pool = LabeledFolder.from_folders(
         run_dir / paths.get("pool_images", "data/01_raw/synthetic/stream/images"),
@@ -637,6 +687,24 @@ def _load_params(project: Path, env: str | None) -> dict[str, Any]:
 
     globals_, params = project_config(project, env)
     return {**params, "_lake_root": globals_.get("lake_root", "data/lake")}
+
+
+def _prepare_camvid(
+    plan: SimulationPlan, seed: int, params: Mapping[str, Any]
+) -> PreparedCamvid:
+    """This seed's CamVid layout under `out/data/camvid-seed<s>` (made once)."""
+    source = dict((params.get("ingest") or {}).get("source") or {})
+    root = Path(plan.camvid_root or source.get("root") or "")
+    source["root"] = str(root if root.is_absolute() else plan.project / root)
+    config = CamvidSimConfig.from_params((params.get("simulation") or {}).get("camvid"))
+    return prepare_camvid(
+        source,
+        ClassMap.from_params(params["classes"]),
+        plan.out / "data" / f"camvid-seed{seed}",
+        seed=seed,
+        config=config,
+        progress=plan.progress,
+    )
 
 
 def _score_promoted(run_dir: Path, folder: LabeledFolder, cm: ClassMap, cache: dict):
@@ -683,12 +751,14 @@ def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
     label_dir = ((params.get("annotation") or {}).get("import") or {}).get(
         "exports_dir", "data/01_raw/annotation_exports"
     )
-    run = Run(plan, seed, sim)
+    prepared = _prepare_camvid(plan, seed, params) if plan.dataset == "camvid" else None
+    data_params = prepared.runtime_params() if prepared is not None else {}
+    run = Run(plan, seed, sim, data_params)
     if not run.dir.is_dir():
-        base = _make_base(plan, seed, sim)
+        base = _make_base(plan, seed, sim, data_params)
         shutil.copytree(base, run.dir, ignore=shutil.ignore_patterns(".complete"))
         run.save()
-    pool, evalset = _truth(run.dir, sim)
+    pool, evalset = _truth(run.dir, sim, prepared)
     annotator = SimulatedAnnotator(
         pool,
         cm,
@@ -950,12 +1020,6 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> None:
 
 def simulate(plan: SimulationPlan, *, echo=print) -> dict:
     """Every seed of the plan, then the report over everything under `plan.out`."""
-    if plan.dataset == "camvid":
-        raise NotImplementedError(
-            "edgeloop simulate --dataset camvid is not built yet: CamVid needs a "
-            "pool/seed split of its train frames with truth kept apart (see the "
-            "README); use --dataset synthetic"
-        )
     plan.out.mkdir(parents=True, exist_ok=True)
     sim = (_load_params(plan.project, plan.env).get("simulation") or {}).get(
         "forgetting"
