@@ -38,7 +38,13 @@ import numpy as np
 import pandas as pd
 
 from edgeloop.commands import project_config
-from edgeloop.simulate import REFERENCE, SimulationPlan, load_records, simulate
+from edgeloop.simulate import (
+    REFERENCE,
+    SimulationPlan,
+    deep_merge,
+    load_records,
+    simulate,
+)
 
 TARGET = 0.95
 
@@ -92,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--params",
+        default=None,
+        help="extra runtime params as JSON, for every strategy (e.g. "
+        '\'{"simulation": {"annotator": {"tau_quantile": 0.5}}}\'); use a new '
+        "--out when they change",
+    )
     args = ap.parse_args(argv)
     camvid = args.dataset == "camvid"
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -103,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out or Path(f"data/09_label_efficiency{'_camvid' if camvid else ''}")
     ).resolve()
     _, params = project_config(project, env)
-    sim = params.get("simulation") or {}
+    extra = json.loads(args.params) if args.params else {}
+    sim = deep_merge(params.get("simulation") or {}, extra.get("simulation") or {})
     iterations = args.iterations or (3 if camvid else 5)
     budget = args.budget
     if budget is None:
@@ -127,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
             progress=not args.quiet,
             camvid_root=args.camvid_root.resolve() if args.camvid_root else None,
+            extra_params=json.loads(args.params) if args.params else {},
         )
         simulate(plan, echo=lambda s: print(s, flush=True))
     minutes = (time.perf_counter() - t0) / 60
@@ -135,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     training = {
         **params.get("training", {}),
         **sim.get("overrides", {}).get("training", {}),
+        **extra.get("training", {}),
     }
     records = [r for r in load_records(out) if r["seed"] in seeds]
     full = [
@@ -152,13 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     forgetting = pd.read_csv(out / "forgetting.csv")
 
     if camvid:
-        counts = (
-            json.loads((out / "data" / "camvid-seed0" / "manifest.json").read_text())[
-                "counts"
-            ]
-            if (out / "data" / "camvid-seed0" / "manifest.json").is_file()
-            else {}
-        )
+        manifest = out / "data" / f"camvid-seed{seeds[0]}" / "manifest.json"
+        counts = json.loads(manifest.read_text())["counts"]
         seed_n = int(counts.get("seed", 0))
         train_n = int(counts.get("train_frames", pool))
         size = (sim.get("camvid") or {}).get("size")
@@ -173,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         seed_set = f"{syn.get('counts', {}).get('collected')} labeled images"
         eval_set = f"{eval_n} synthetic eval images"
         data_size = ""
+
+    annotator = sim.get("annotator") or {}
+    reviewer = f"tau {annotator.get('tau', 0.5)}"
+    if annotator.get("tau_quantile") is not None:
+        reviewer += (
+            f" and below the {annotator['tau_quantile']} quantile of its review batch"
+        )
 
     def pct(masks: float) -> float:
         """Labeled share: added masks of the pool (CamVid: seed + added of train)."""
@@ -195,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"full-data mIoU = the same recipe on the whole pool: {_pm(full)}; "
         f"target 95% = {target:.3f}",
         "cost = 1 per mask + 0.1 per review verdict (only hitl uses reviews)",
+        f"simulated reviewer: a bug when the prediction's mIoU < {reviewer}",
         "forgetting event: a promoted model losing > 0.03 mIoU vs the previous "
         "one on an eval slice with n >= 30",
         f"wall time {minutes:.1f} min on this machine",

@@ -104,6 +104,32 @@ def test_store_is_incremental_and_keyed_by_backbone_and_weights(tmp_path):
     assert sub_ids == ["id0", "id5"] and sub.shape == (2, 512)
 
 
+def test_embed_frame_reads_ahead_in_order_and_keeps_finished_chunks(tmp_path):
+    """Chunks are read one ahead; vectors match their ids; a bad read stops."""
+    emb = make_embedder("resnet18", allow_random=True, batch_size=2)
+    store = EmbeddingStore(tmp_path / "emb")
+    images = {f"id{i}": img for i, img in enumerate(_images(5))}
+
+    def load(blob: str) -> np.ndarray:
+        if blob == "bad":
+            raise ValueError("corrupt or unreadable image: bad")
+        return images[blob]
+
+    items = pd.DataFrame({"image_id": list(images), "image_blob": list(images)})
+    report = embed_frame(emb, store, items, load, chunk=2, progress=False)
+    assert report["new"] == 5
+    ids, vectors = store.load(emb.backbone, emb.weights)
+    direct = emb.embed([images[i] for i in ids])
+    np.testing.assert_allclose(vectors, direct, rtol=1e-4, atol=1e-5)
+    # A corrupt image in the third chunk: the first two chunks are kept.
+    other = EmbeddingStore(tmp_path / "other")
+    rows = pd.DataFrame({"image_id": [*images, "zz"], "image_blob": [*images, "bad"]})
+    with pytest.raises(ValueError, match="corrupt"):
+        embed_frame(emb, other, rows, load, chunk=2, progress=False)
+    kept, _ = other.load(emb.backbone, emb.weights)
+    assert kept == ["id0", "id1", "id2", "id3"]
+
+
 def test_pictures_have_the_content_asked_for():
     fig = similarity.montage(_images(7), title="cluster 3/1", captions=list("abcdefg"))
     assert fig._suptitle.get_text() == "cluster 3/1"

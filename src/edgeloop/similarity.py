@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,11 @@ class Embedder:
         }
 
     def _tensor(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one scale and one shift, in place.
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        x = (x - mean) / std
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()
+        x = x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
         if self.input_size and tuple(x.shape[-2:]) != tuple(self.input_size):
             x = F.interpolate(
                 x, size=self.input_size, mode="bilinear", align_corners=False
@@ -537,13 +539,25 @@ def embed_frame(
         embedder.backbone, embedder.weights, items["image_id"].tolist()
     )
     blobs = items.set_index("image_id")["image_blob"]
+    chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+
+    def load(ids: list[str]) -> list[np.ndarray]:
+        return [load_image(blobs[i]) for i in ids]
+
     done = 0
-    with tqdm(
-        total=len(todo), desc="embedding", unit="img", disable=not progress
-    ) as bar:
-        for start in range(0, len(todo), chunk):
-            ids = todo[start : start + chunk]
-            vectors = embedder.embed([load_image(blobs[i]) for i in ids])
+    # The next chunk is read and decoded (zlib releases the GIL) while this
+    # one goes through the network.
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-read") as pool,
+        tqdm(
+            total=len(todo), desc="embedding", unit="img", disable=not progress
+        ) as bar,
+    ):
+        ahead = pool.submit(load, chunks[0]) if chunks else None
+        for n, ids in enumerate(chunks):
+            images = ahead.result()
+            ahead = pool.submit(load, chunks[n + 1]) if n + 1 < len(chunks) else None
+            vectors = embedder.embed(images)
             store.write(embedder.backbone, embedder.weights, ids, vectors)
             done += len(ids)
             bar.update(len(ids))

@@ -682,10 +682,13 @@ def _truth(
     return pool, evalset
 
 
-def _load_params(project: Path, env: str | None) -> dict[str, Any]:
+def _load_params(plan: SimulationPlan) -> dict[str, Any]:
+    """The project's parameters, with the plan's `simulation` overrides merged."""
     from edgeloop.commands import project_config
 
-    globals_, params = project_config(project, env)
+    globals_, params = project_config(plan.project, plan.env)
+    extra = plan.extra_params.get("simulation") or {}
+    params["simulation"] = deep_merge(params.get("simulation") or {}, extra)
     return {**params, "_lake_root": globals_.get("lake_root", "data/lake")}
 
 
@@ -741,7 +744,7 @@ def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
     """Runs (or resumes) one (strategy, seed); returns its per-iteration records."""
     from tqdm.auto import tqdm
 
-    params = _load_params(plan.project, plan.env)
+    params = _load_params(plan)
     sim = params.get("simulation") or {}
     cm = ClassMap.from_params(params["classes"])
     vocabulary = (params.get("slicing") or {}).get("condition_tags") or []
@@ -1021,7 +1024,7 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> None:
 def simulate(plan: SimulationPlan, *, echo=print) -> dict:
     """Every seed of the plan, then the report over everything under `plan.out`."""
     plan.out.mkdir(parents=True, exist_ok=True)
-    sim = (_load_params(plan.project, plan.env).get("simulation") or {}).get(
+    sim = (_load_params(plan).get("simulation") or {}).get(
         "forgetting"
     ) or {}
     for seed in plan.seeds:
