@@ -29,6 +29,11 @@ One simulated iteration `k` runs real Kedro sessions:
 Every strategy of a seed starts from one shared base (ingest and iteration 0),
 copied, so they start from the same seed set and model. Runs are resumable per
 (strategy, seed, iteration): finished stages are recorded in `state.json`.
+
+On CamVid (`dataset="camvid"`, env `camvid`) the seed set, the pool with
+frame-order timestamps, its truth and the eval set are laid out once per seed
+by `edgeloop.simdata.prepare_camvid`; the sessions get their paths as runtime
+params, so the same pipelines run.
 """
 
 from __future__ import annotations
@@ -1024,9 +1029,7 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> None:
 def simulate(plan: SimulationPlan, *, echo=print) -> dict:
     """Every seed of the plan, then the report over everything under `plan.out`."""
     plan.out.mkdir(parents=True, exist_ok=True)
-    sim = (_load_params(plan).get("simulation") or {}).get(
-        "forgetting"
-    ) or {}
+    sim = (_load_params(plan).get("simulation") or {}).get("forgetting") or {}
     for seed in plan.seeds:
         simulate_run(plan, seed, echo=echo)
     return write_report(
