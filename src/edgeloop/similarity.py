@@ -525,8 +525,9 @@ def embed_frame(
 ) -> dict[str, Any]:
     """Embeds the rows of `items` (image_id, image_blob) the store lacks.
 
-    Images are read, embedded and stored `chunk` at a time, one Parquet part per
-    chunk, so a killed run keeps what it finished.
+    Images are read and embedded a batch at a time, the next batch read and
+    decoded in a thread meanwhile, and stored `chunk` at a time, one Parquet
+    part per chunk, so a killed run keeps the chunks it finished.
 
     Returns:
         A report: total, new, seconds, images_per_second and the embedder.
@@ -539,28 +540,44 @@ def embed_frame(
         embedder.backbone, embedder.weights, items["image_id"].tolist()
     )
     blobs = items.set_index("image_id")["image_blob"]
-    chunks = [todo[start : start + chunk] for start in range(0, len(todo), chunk)]
+    step = max(1, embedder.batch_size)
+    batches = [todo[start : start + step] for start in range(0, len(todo), step)]
 
     def load(ids: list[str]) -> list[np.ndarray]:
         return [load_image(blobs[i]) for i in ids]
 
     done = 0
-    # The next chunk is read and decoded (zlib releases the GIL) while this
-    # one goes through the network.
+    kept_ids: list[str] = []
+    kept: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal done
+        if kept_ids:
+            store.write(
+                embedder.backbone, embedder.weights, kept_ids, np.concatenate(kept)
+            )
+            done += len(kept_ids)
+            kept_ids.clear()
+            kept.clear()
+
+    # The next batch is read and decoded (zlib releases the GIL) while this
+    # one goes through the network; vectors are stored `chunk` at a time.
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-read") as pool,
         tqdm(
             total=len(todo), desc="embedding", unit="img", disable=not progress
         ) as bar,
     ):
-        ahead = pool.submit(load, chunks[0]) if chunks else None
-        for n, ids in enumerate(chunks):
+        ahead = pool.submit(load, batches[0]) if batches else None
+        for n, ids in enumerate(batches):
             images = ahead.result()
-            ahead = pool.submit(load, chunks[n + 1]) if n + 1 < len(chunks) else None
-            vectors = embedder.embed(images)
-            store.write(embedder.backbone, embedder.weights, ids, vectors)
-            done += len(ids)
+            ahead = pool.submit(load, batches[n + 1]) if n + 1 < len(batches) else None
+            kept.append(embedder.embed(images))
+            kept_ids.extend(ids)
             bar.update(len(ids))
+            if len(kept_ids) >= chunk:
+                flush()
+        flush()
     seconds = time.perf_counter() - t0
     return {
         **embedder.describe(),
