@@ -45,6 +45,7 @@ from edgeloop.simulate import (
     load_records,
     simulate,
 )
+from edgeloop.sources import SourceError, list_camvid
 
 TARGET = 0.95
 
@@ -62,11 +63,12 @@ def _camvid_train_frames(project: Path, params: dict, args) -> int:
     source = (params.get("ingest") or {}).get("source") or {}
     root = args.camvid_root or Path(source.get("root", ""))
     root = root if root.is_absolute() else project / root
-    files = source.get("list_files") or {}
-    path = root / files.get("train", "train.txt")
-    if not path.is_file():
-        raise SystemExit(f"CamVid train list {path} not found: give --camvid-root")
-    return sum(1 for line in path.read_text().splitlines() if line.strip())
+    train = (source.get("list_files") or {}).get("train", "train.txt")
+    try:
+        items = list_camvid(root, {"train": train}, source.get("strip_prefix", ""))
+    except SourceError as err:
+        raise SystemExit(f"{err}: give --camvid-root") from err
+    return len(items)
 
 
 def _reach(records: list[dict], target: float) -> tuple[float, float] | None:

@@ -26,7 +26,7 @@ import json
 import re
 import shutil
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,22 +116,18 @@ def _load(
             raise SourceError(f"CamVid {what} {rel!r} of {item.name} not found")
         paths.append(path)
     image = decode_image(paths[0].read_bytes())
-    raw = decode_mask(paths[1].read_bytes()).astype(np.int64)
+    raw = decode_mask(paths[1].read_bytes())
     if raw.shape != image.shape[:2]:
         raise SourceError(
             f"CamVid {item.name}: mask {raw.shape} and image {image.shape[:2]} "
             "differ in size"
         )
-    mask = raw.copy()
-    for src, dst in value_map.items():
-        mask[raw == int(src)] = int(dst)
-    bad = np.setdiff1d(np.unique(mask), [*cm.ids, cm.ignore_index])
-    if bad.size:
+    mask, invalid = cm.remap(raw, value_map)  # what the ingest does
+    if invalid:
         raise SourceError(
-            f"CamVid {item.name}: mask values {bad.tolist()} are not classes "
+            f"CamVid {item.name}: mask values {invalid[:10]} are not classes "
             f"{list(cm.ids)} or the ignore index {cm.ignore_index}"
         )
-    mask = mask.astype(np.uint8)
     if size is not None and (image.shape[0], image.shape[1]) != tuple(size):
         h, w = size
         image = np.asarray(
@@ -197,7 +193,7 @@ def prepare_camvid(
     if done.is_file():
         saved = json.loads(done.read_text())
         if {k: saved.get(k) for k in manifest} == json.loads(json.dumps(manifest)):
-            return PreparedCamvid(**{**parts.__dict__, "counts": saved["counts"]})
+            return replace(parts, counts=saved["counts"])
     items = list_camvid(
         root,
         source.get("list_files") or {},
@@ -267,4 +263,4 @@ def prepare_camvid(
     if dest.exists():
         shutil.rmtree(dest)
     tmp.replace(dest)
-    return PreparedCamvid(**{**parts.__dict__, "counts": counts})
+    return replace(parts, counts=counts)
