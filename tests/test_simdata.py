@@ -167,6 +167,8 @@ def test_prepare_camvid_names_a_bad_frame_and_writes_nothing(tmp_path):
     assert (
         SimulationPlan(project=tmp_path, out=tmp_path, dataset="camvid").env == "camvid"
     )
+    with pytest.raises(ValueError, match="with --dataset camvid"):
+        SimulationPlan(project=tmp_path, out=tmp_path, env="camvid")
 
 
 def test_relative_reviewer_threshold_flags_the_worse_part_of_a_batch(tmp_path):

@@ -560,6 +560,8 @@ class SimulationPlan:
                 raise ValueError(
                     f"--dataset camvid runs in the camvid environment, not {self.env!r}"
                 )
+        elif self.env == "camvid":
+            raise ValueError("the camvid environment runs with --dataset camvid")
         if self.strategy not in (*STRATEGIES, REFERENCE):
             raise ValueError(
                 f"strategy must be one of {(*STRATEGIES, REFERENCE)}, "
