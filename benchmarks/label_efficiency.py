@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             env=env,
             progress=not args.quiet,
             camvid_root=args.camvid_root.resolve() if args.camvid_root else None,
-            extra_params=json.loads(args.params) if args.params else {},
+            extra_params=extra,
         )
         simulate(plan, echo=lambda s: print(s, flush=True))
     minutes = (time.perf_counter() - t0) / 60
