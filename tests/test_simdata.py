@@ -237,15 +237,22 @@ def test_simulate_camvid_runs_the_loop_on_camvid_frames(tmp_path):
     images = lake.read("images")
     # The ingest saw the seed set, val and test only; the pool came in through
     # production (330 frames on real CamVid), with frame-order timestamps.
-    assert images.groupby("split").size().to_dict()["train"] == 4
+    assert images.groupby("split").size().to_dict() == {"train": 4, "val": 4, "test": 6}
     predictions = lake.read("predictions")
     assert predictions["image_id"].nunique() == 16
+    prep = out / "data" / "camvid-seed0"
+    pool = LabeledFolder.from_folders(prep / "pool/images", prep / "truth")
+    captured = {
+        rec["stem"]: pd.Timestamp(rec["captured_at"])
+        for rec in map(
+            json.loads, (prep / "pool/metadata.jsonl").read_text().splitlines()
+        )
+    }
+    for row in predictions.drop_duplicates("image_id").itertuples():
+        assert pd.Timestamp(row.ts) == captured[pool.stems[row.image_id]]
     labels = lake.read("labels")
     human = labels[labels["origin"] == "human"]
     assert len(human) == 3 and set(human["iteration"]) == {1}
-    pool = LabeledFolder.from_folders(
-        out / "data/camvid-seed0/pool/images", out / "data/camvid-seed0/truth"
-    )
     for row in human.itertuples():
         np.testing.assert_array_equal(
             decode_mask(lake.get_blob(row.mask_blob)), pool.mask(row.image_id)
