@@ -39,9 +39,12 @@ non-seed images. Lift = precision / base rate.
 Targets: scene-level precision@k >= 0.8; object-level lift >= 3x.
 
 Then "confidence checks pick rare conditions": the lowest `--low-conf-frac` of
-predictions by mean_max_prob, and the review queue (`build_review_queue`,
-default config, no feedback), as a rate of each rare condition among the picks
-over its base rate (target >= 3x).
+predictions by mean_max_prob, the top `--low-conf-frac` by novelty, and the
+review queue (`build_review_queue`, no feedback) ranked by mean_max_prob and
+by novelty, with and without the cluster cap, as a rate of each rare
+condition among the picks over its base rate (target >= 3x). Novelty and the
+clusters are the ones the project's run wrote
+(`data/07_model_output/iter_0/novelty_scores.parquet`, `clusters.parquet`).
 
 `--camvid`: the same retrieval over a CamVid lake (`--camvid-lake`, default
 `<project>/data/lake_camvid`, else `<project>/data/lake` if it holds CamVid
@@ -65,6 +68,7 @@ from scipy import ndimage
 from edgeloop.features import mask_features
 from edgeloop.imaging import decode_image, decode_mask, sha256
 from edgeloop.lake import Lake
+from edgeloop.novelty import colour_histograms
 from edgeloop.registry import load_model, promoted_row
 from edgeloop.review import ReviewConfig, build_review_queue
 from edgeloop.similarity import (
@@ -160,18 +164,6 @@ def embed_rows(
         embedder.backbone, embedder.weights, items["image_id"].tolist()
     )
     return f"{embedder.backbone} / {embedder.weights}", ids, vectors, report
-
-
-def colour_histograms(images: list[np.ndarray], bins: int = 8) -> np.ndarray:
-    """(N, bins^3) square-rooted, L1-normalised joint RGB histograms."""
-    shift = 8 - int(math.log2(bins))
-    out = np.empty((len(images), bins**3), dtype=np.float32)
-    for i, image in enumerate(images):
-        q = image.reshape(-1, 3).astype(np.int32) >> shift
-        idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
-        h = np.bincount(idx, minlength=bins**3).astype(np.float32)
-        out[i] = np.sqrt(h / h.sum())
-    return out
 
 
 # -- retrieval --------------------------------------------------------------------
@@ -310,21 +302,45 @@ def build_indexes(
 
 
 def confidence_checks(
-    preds: pd.DataFrame, cond: pd.DataFrame, args: argparse.Namespace
+    preds: pd.DataFrame,
+    cond: pd.DataFrame,
+    args: argparse.Namespace,
+    context: pd.DataFrame | None = None,
 ) -> list[dict]:
-    """Rate of each rare condition among confidence picks over its base rate."""
+    """Rate of each rare condition among confidence picks over its base rate.
+
+    `context` (image_id, novelty, cluster) is what the review pipeline joins in
+    from the similarity context; without it only the predictor's scores rank.
+    """
     n_low = max(1, round(args.low_conf_frac * len(preds)))
     low = preds.sort_values(["mean_max_prob", "request_id"]).head(n_low)
     feedback = pd.DataFrame(
         columns=["feedback_id", "request_id", "image_id", "ts", "verdict"]
     )
-    queue = build_review_queue(preds, feedback, ReviewConfig())
-    low_reason = queue[queue["reasons"].map(lambda r: "low_confidence" in r)]
+
+    def queue_picks(frame: pd.DataFrame, config: ReviewConfig) -> tuple[list, list]:
+        queue = build_review_queue(frame, feedback, config)
+        low = queue[queue["reasons"].map(lambda r: "low_confidence" in r)]
+        return queue["image_id"].tolist(), low["image_id"].tolist()
+
+    plain, plain_low = queue_picks(preds, ReviewConfig())
     picks: dict[str, list[str]] = {
         f"lowest {args.low_conf_frac:.0%} mean_max_prob": low["image_id"].tolist(),
-        "review queue (all samplers)": queue["image_id"].tolist(),
-        "review queue, low_confidence picks": low_reason["image_id"].tolist(),
+        "review queue, mean_max_prob (all samplers)": plain,
+        "review queue, mean_max_prob picks": plain_low,
     }
+    if context is not None:
+        with_context = preds.merge(context, on="image_id", how="left")
+        top = with_context.sort_values(
+            ["novelty", "request_id"], ascending=[False, True]
+        ).head(n_low)
+        picks[f"top {args.low_conf_frac:.0%} novelty"] = top["image_id"].tolist()
+        for cap in (None, 3):
+            config = ReviewConfig(confidence_score="novelty", cluster_cap=cap)
+            queue, queue_low = queue_picks(with_context, config)
+            what = f"cluster cap {cap}" if cap else "no cluster cap"
+            picks[f"review queue, novelty, {what} (all samplers)"] = queue
+            picks[f"review queue, novelty, {what} picks"] = queue_low
     cond = cond.set_index("image_id")
     rare = [c for c in RARE if c in cond.columns]
     head = ["picks", "n", *rare]
@@ -359,6 +375,23 @@ def confidence_checks(
             }
         )
     return out
+
+
+def review_context(project: Path) -> pd.DataFrame | None:
+    """The similarity context the project's last run wrote for review.
+
+    (image_id, novelty, cluster at the top level), or None when the run
+    predates novelty.
+    """
+    out = project / "data/07_model_output/iter_0"
+    novelty, clusters = out / "novelty_scores.parquet", out / "clusters.parquet"
+    if not novelty.is_file() or not clusters.is_file():
+        print(f"(no {novelty.name} or {clusters.name} under {out}: novelty skipped)")
+        return None
+    top = pd.read_parquet(clusters).query("level == 0")
+    return pd.read_parquet(novelty)[["image_id", "novelty"]].merge(
+        top[["image_id", "cluster"]], on="image_id", how="left"
+    )
 
 
 def stream_benchmark(args: argparse.Namespace, project: Path) -> dict:
@@ -421,7 +454,9 @@ def stream_benchmark(args: argparse.Namespace, project: Path) -> dict:
         "\nconfidence checks pick rare conditions "
         f"(lift; target >= {LIFT_TARGET:.0f}x)\n"
     )
-    conf = confidence_checks(matched, cond.drop(columns="stem"), args)
+    conf = confidence_checks(
+        matched, cond.drop(columns="stem"), args, review_context(project)
+    )
     return {
         "embedder": what,
         "n": len(ids),

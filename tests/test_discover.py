@@ -96,6 +96,22 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     )
     clusters = pd.read_parquet(OUT0 / "clusters.parquet")
     assert clusters["image_id"].nunique() == 60 and set(clusters["level"]) == {0}
+    # Novelty against the labelled images outside the test split, which the
+    # embedder also embedded; review ranked its confidence checks by it.
+    images, labels = lake.read("images"), lake.read("labels")
+    reference = images[
+        images["image_id"].isin(labels["image_id"]) & (images["split"] != "test")
+    ]
+    assert emb["reference"]["images"] == emb["reference"]["new"] == len(reference)
+    assert len(reference) > 0
+    novelty = pd.read_parquet(OUT0 / "novelty_scores.parquet")
+    assert set(novelty["image_id"]) == set(clusters["image_id"])
+    assert novelty["novelty"].between(0, 1, inclusive="right").all()
+    assert not set(novelty["image_id"]) & set(reference["image_id"])
+    review = _json(ITER0 / "review_summary.json")
+    assert (review["with_novelty"], review["with_cluster"]) == (60, 60)
+    most_novel = novelty.nlargest(1, "novelty")["image_id"].item()
+    assert most_novel in set(queue["image_id"])
     assert len(list((ITER0 / "cluster_montages").glob("cluster_*.png"))) == 8
     assert (ITER0 / "embedding_map.png").stat().st_size > 10_000
     # No bugs yet: no KNN; the labeling queue is confidence picks plus random.
@@ -126,6 +142,7 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     assert report["new_bugs"] == ["bug-night-0"]
     # Incremental: the unchanged lake is not embedded again.
     assert _json(ITER0 / "embedding_report.json")["new"] == 0
+    assert _json(ITER0 / "embedding_report.json")["reference"]["new"] == 0
     knn = pd.read_parquet(OUT0 / "knn_candidates.parquet")
     seeds = {t["data"]["image_id"] for t in tasks[:3]}
     assert set(knn["bug_id"]) == {"bug-night-0"} and len(knn) == 50

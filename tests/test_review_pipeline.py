@@ -59,6 +59,27 @@ def test_review_pipeline_reads_a_period_and_explains_picks(project: Path):
             ]
         ),
     )
+    # The similarity context (its rows have no real images to embed): novelty
+    # rises with i, and two clusters alternate.
+    out = Path("data/07_model_output/iter_0")
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "image_id": preds["image_id"],
+            "novelty_features": 0.0,
+            "novelty_colour": 0.0,
+            "novelty": [i / 200 for i in range(200)],
+        }
+    ).to_parquet(out / "novelty_scores.parquet")
+    pd.DataFrame(
+        {
+            "image_id": preds["image_id"],
+            "level": 0,
+            "parent_path": "",
+            "cluster": [i % 2 for i in range(200)],
+            "path": [str(i % 2) for i in range(200)],
+        }
+    ).to_parquet(out / "clusters.parquet")
     bootstrap_project(project)
     params = {
         "review": {
@@ -86,6 +107,11 @@ def test_review_pipeline_reads_a_period_and_explains_picks(project: Path):
     assert summary["items"] == len(queue)
     # Random checks: 2 per hour over 4 hours.
     assert summary["per_reason"]["random_window"] == 8
+    # Confidence checks rank by novelty, at most 3 per cluster: the period's
+    # most novel images (img119 down) until both clusters are full.
+    assert (summary["with_novelty"], summary["with_cluster"]) == (80, 80)
+    novel = queue[queue["reasons"].map(lambda r: "low_confidence" in r)]
+    assert set(novel["image_id"]) == {f"img{i}" for i in range(114, 120)}
     # The flagged prediction (10:30) comes first, for the feedback; the one
     # outside the period (15:30) is not in this review.
     assert queue.iloc[0]["request_id"] == "r0050"

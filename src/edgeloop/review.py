@@ -50,6 +50,10 @@ DEFAULT_PRIORITIES = {
 ITEM_COLUMNS = ["request_id", "image_id", "ts", "reason", "detail"]
 QUEUE_COLUMNS = ["request_id", "image_id", "ts", "priority", "reasons", "details"]
 CLUSTER_COLUMN = "cluster"  # optional, e.g. from clustering embeddings
+# What the confidence checks can rank by -> True when high means doubtful: the
+# predictor's scores, and `novelty` (`edgeloop.novelty`, joined in by the
+# review node from the similarity context).
+CONFIDENCE_SCORES = {**SCORE_ORDER, "novelty": True}
 REVIEW_VERDICTS = ("correct", "bug")
 
 
@@ -93,9 +97,9 @@ class ReviewConfig:
         window = params.get("window", d.window)
         _check_window(window, name="review.window")
         score = params.get("confidence_score", d.confidence_score)
-        if score not in SCORE_ORDER:
+        if score not in CONFIDENCE_SCORES:
             raise ValueError(
-                f"review.confidence_score must be one of {sorted(SCORE_ORDER)}, "
+                f"review.confidence_score must be one of {sorted(CONFIDENCE_SCORES)}, "
                 f"got {score!r}"
             )
         threshold = params.get("confidence_threshold", d.confidence_threshold)
@@ -306,7 +310,7 @@ def sample_low_confidence(
     """The most doubtful predictions: the top_k, plus all beyond a threshold.
 
     Doubtful means a low `mean_max_prob`/`mean_margin` or a high
-    `mean_entropy`/`low_conf_frac` (`prodlog.SCORE_ORDER`); "beyond" is strictly
+    `mean_entropy`/`low_conf_frac`/`novelty` (`CONFIDENCE_SCORES`); "beyond" is strictly
     below or above `threshold`. Ties go to the earlier prediction; rows without
     a score are skipped. When `preds` has a `cluster` column, at most
     `cluster_cap` picks come from one cluster: an over-cap item is skipped and
@@ -316,8 +320,10 @@ def sample_low_confidence(
         Picks most doubtful first; detail gives the score and its rank among
         all scored predictions.
     """
-    if score not in SCORE_ORDER:
-        raise ValueError(f"score must be one of {sorted(SCORE_ORDER)}, got {score!r}")
+    if score not in CONFIDENCE_SCORES:
+        raise ValueError(
+            f"score must be one of {sorted(CONFIDENCE_SCORES)}, got {score!r}"
+        )
     top_k = _check_int(top_k, name="top_k")
     if cluster_cap is not None:
         cluster_cap = _check_int(cluster_cap, name="cluster_cap", minimum=1)
@@ -325,7 +331,7 @@ def sample_low_confidence(
     preds = preds[preds[score].notna()]
     if preds.empty or (top_k == 0 and threshold is None):
         return _empty_items()
-    high_is_doubtful = SCORE_ORDER[score]
+    high_is_doubtful = CONFIDENCE_SCORES[score]
     ranked = preds.sort_values(
         [score, "ts", "request_id"],
         ascending=[not high_is_doubtful, True, True],

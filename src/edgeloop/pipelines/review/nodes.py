@@ -17,6 +17,7 @@ from edgeloop.labelstudio import local_files_url
 from edgeloop.lake import Lake
 from edgeloop.prodlog import predictions_between
 from edgeloop.review import (
+    CLUSTER_COLUMN,
     ReviewConfig,
     build_review_queue,
     health_figure,
@@ -59,8 +60,30 @@ def _period(params: Mapping[str, Any]) -> tuple[datetime | None, datetime | None
     return bounds[0], bounds[1]
 
 
+def _with_context(
+    preds: pd.DataFrame, novelty: pd.DataFrame, clusters: pd.DataFrame
+) -> pd.DataFrame:
+    """`preds` plus each image's `novelty` and top-level k-means `cluster`.
+
+    Images the similarity context has not scored get NaN (never picked by
+    novelty, never capped).
+    """
+    out = preds.drop(columns=["novelty", CLUSTER_COLUMN], errors="ignore")
+    if len(novelty) and "novelty" in novelty.columns:
+        scores = novelty.drop_duplicates("image_id").set_index("image_id")["novelty"]
+        out = out.assign(novelty=out["image_id"].map(scores).astype(float))
+    if len(clusters) and {"level", CLUSTER_COLUMN} <= set(clusters.columns):
+        top = clusters[clusters["level"] == 0].drop_duplicates("image_id")
+        cluster = out["image_id"].map(top.set_index("image_id")[CLUSTER_COLUMN])
+        out = out.assign(**{CLUSTER_COLUMN: cluster})
+    return out
+
+
 def build_review(
-    lake: Lake, params: Mapping[str, Any]
+    lake: Lake,
+    params: Mapping[str, Any],
+    novelty: pd.DataFrame,
+    clusters: pd.DataFrame,
 ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame, Figure]:
     """The review queue, its summary and the model-health table and plot.
 
@@ -69,6 +92,13 @@ def build_review(
         params: `review`: `sampling` (see `edgeloop.review.ReviewConfig`) and
             `period` (`start`, `end`: ISO times, empty for open;
             `predictions_version`: a Delta version, empty for the latest).
+        novelty: The similarity context's `novelty_scores` (image_id, novelty).
+        clusters: Its `clusters`; the top level caps confidence picks per
+            cluster (`review.sampling.cluster_cap`).
+
+    Raises:
+        ValueError: `confidence_score: novelty` while no prediction of the
+            period has a novelty score.
     """
     config = ReviewConfig.from_params(params.get("sampling") or {})
     period = params.get("period") or {}
@@ -96,6 +126,18 @@ def build_review(
         received &= feedback["ts"] < pd.Timestamp(end)
     feedback = feedback[received | feedback["request_id"].isin(preds["request_id"])]
     verdicts = lake.read("review_verdicts")
+    preds = _with_context(preds, novelty, clusters)
+    if (
+        config.confidence_score == "novelty"
+        and len(preds)
+        and ("novelty" not in preds.columns or preds["novelty"].isna().all())
+    ):
+        raise ValueError(
+            "review.sampling.confidence_score is novelty, but no prediction in the "
+            "period has a novelty score: run the similarity context first "
+            "(`kedro run --pipelines review` does), or choose a predictor score "
+            "such as mean_max_prob"
+        )
     sample_from, flagged = preds, feedback
     if config.skip_reviewed and len(verdicts):
         sample_from = preds[~preds["request_id"].isin(verdicts["request_id"])]
@@ -106,6 +148,12 @@ def build_review(
         **summary(queue),
         "predictions": len(preds),
         "already_reviewed": len(preds) - len(sample_from),
+        "with_novelty": int(preds["novelty"].notna().sum())
+        if "novelty" in preds.columns
+        else 0,
+        "with_cluster": int(preds[CLUSTER_COLUMN].notna().sum())
+        if CLUSTER_COLUMN in preds.columns
+        else 0,
         "predictions_version": seen_version,
         "feedback_version": feedback.attrs.get("delta_version"),
         "period": {

@@ -1,4 +1,9 @@
-"""The review pipeline: import verdicts, sample predictions for people to check."""
+"""The review pipeline: import verdicts, sample predictions for people to check.
+
+Its confidence checks rank by novelty and cap picks per cluster, so it runs
+the similarity context (embeddings, clusters, novelty) first; embeddings are
+incremental, so an unchanged lake costs almost nothing there.
+"""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -7,9 +12,11 @@ from edgeloop.pipelines.review.nodes import (
     export_review_tasks,
     import_review_verdicts,
 )
+from edgeloop.pipelines.similarity.pipeline import context_pipeline
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def review_nodes() -> Pipeline:
+    """The review's own nodes; `clusters` and `novelty_scores` come from outside."""
     return pipeline(
         [
             node(
@@ -20,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 build_review,
-                inputs=["lake_reviewed", "params:review"],
+                inputs=["lake_reviewed", "params:review", "novelty_scores", "clusters"],
                 outputs=[
                     "review_queue",
                     "review_summary",
@@ -43,3 +50,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return context_pipeline() + review_nodes()

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from edgeloop.acquisition import unlabeled_pool
 from edgeloop.imaging import decode_image
 from edgeloop.lake import Lake
+from edgeloop.novelty import NOVELTY_COLUMNS, colour_histograms, novelty_frame
 from edgeloop.registry import load_model, promoted_row
 from edgeloop.review_tasks import advance_status, current_bugs
 from edgeloop.similarity import (
@@ -85,19 +86,104 @@ def embed_images(
     )
     report["predictions_version"] = lake.reads.get("predictions")
     report["store"] = str(store.folder(embedder.backbone, embedder.weights))
+    # The labelled reference that novelty is measured against, in the same store.
+    reference = embed_frame(
+        embedder,
+        store,
+        _reference(lake),
+        lambda blob: decode_image(lake.get_blob(blob)),
+        progress=False,
+    )
+    report["reference"] = {
+        k: reference[k] for k in ("images", "new", "reused", "seconds")
+    }
     log.info(
-        "embeddings (%s, %s, %d-d): %d new, %d reused in %.1fs",
+        "embeddings (%s, %s, %d-d): %d new, %d reused in %.1fs "
+        "(labelled reference: %d new, %d reused)",
         report["backbone"],
         report["weights"],
         report["dim"],
         report["new"],
         report["reused"],
         report["seconds"],
+        reference["new"],
+        reference["reused"],
     )
     return report
 
 
-def _load(report: Mapping[str, Any], params: Mapping[str, Any], ids=None):
+def _reference(lake: Lake) -> pd.DataFrame:
+    """Labelled images outside the official test split (image_id, image_blob).
+
+    What the promoted model could have learned from: the reference of novelty.
+    """
+    images = lake.read("images", columns=["image_id", "blob_uri", "split"])
+    labelled = set(lake.read("labels", columns=["image_id"])["image_id"])
+    keep = images["image_id"].isin(labelled) & (images["split"] != "test")
+    return (
+        images.loc[keep, ["image_id", "blob_uri"]]
+        .rename(columns={"blob_uri": "image_blob"})
+        .drop_duplicates("image_id")
+        .reset_index(drop=True)
+    )
+
+
+def score_novelty(
+    lake: Lake, report: Mapping[str, Any], params: Mapping[str, Any]
+) -> pd.DataFrame:
+    """Each prediction image's novelty against the labelled reference.
+
+    See `edgeloop.novelty`: the k-nearest-neighbour distance in the embedding
+    and in colour histograms, combined by the larger percentile rank. The review
+    pipeline's confidence checks can rank by it (`confidence_score: novelty`).
+
+    Returns:
+        One row per prediction image, `NOVELTY_COLUMNS`; empty when the lake
+        has no predictions, NaN scores (with a warning) when nothing is
+        labelled outside the test split yet.
+    """
+    settings = params.get("novelty") or {}
+    k = int(settings.get("k", 5))
+    bins = int(settings.get("colour_bins", 8))
+    preds = _predictions(lake).drop_duplicates("image_id")
+    reference = _reference(lake)
+    if preds.empty:
+        return pd.DataFrame(columns=NOVELTY_COLUMNS)
+    ids, vectors = _load(report, params, preds["image_id"].tolist())
+    ref_ids, ref_vectors = _load(report, params, reference["image_id"].tolist())
+    if not ref_ids:
+        log.warning(
+            "novelty: no labelled images outside the test split to compare with; "
+            "every novelty score is NaN"
+        )
+        frame = pd.DataFrame({"image_id": ids})
+        for column in NOVELTY_COLUMNS[1:]:
+            frame[column] = np.nan
+        return frame
+    blobs = preds.set_index("image_id")["image_blob"]
+    ref_blobs = reference.set_index("image_id")["image_blob"]
+    frame = novelty_frame(
+        ids,
+        vectors,
+        ref_vectors,
+        colour_histograms(_thumbs(lake, blobs, ids), bins),
+        colour_histograms(_thumbs(lake, ref_blobs, ref_ids), bins),
+        k=k,
+    )
+    log.info(
+        "novelty: %d images against %d labelled (k=%d, %d colour bins)",
+        len(frame),
+        len(ref_ids),
+        k,
+        bins,
+    )
+    return frame
+
+
+def _load(
+    report: Mapping[str, Any], params: Mapping[str, Any], ids: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """The stored vectors of `ids` (the store also holds the labelled reference)."""
     store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
     return store.load(report["backbone"], report["weights"], ids)
 
@@ -122,7 +208,8 @@ def cluster_images(
     k = int(settings.get("k", 8))
     drill = [int(c) for c in (settings.get("drill_path") or [])]
     seed = int(settings.get("seed", 0))
-    ids, vectors = _load(report, params)
+    # Prediction images only: the store also holds the labelled reference.
+    ids, vectors = _load(report, params, _predictions(lake)["image_id"].tolist())
     if not ids:
         raise ValueError("no embeddings to cluster: the lake has no predictions yet")
     k_eff = min(k, len(ids))
@@ -208,7 +295,7 @@ def find_similar(
     preds = _predictions(lake)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
     pool = unlabeled_pool(preds, labeled)
-    ids, vectors = _load(report, params)
+    ids, vectors = _load(report, params, preds["image_id"].tolist())
     bugs = current_bugs(lake.read("edge_cases"))
     if query_ids:
         queries = [("query", "query", query_ids)]

@@ -1,4 +1,5 @@
-"""The similarity pipeline: embeddings, clusters with drill-down, KNN candidates."""
+"""The similarity pipeline: embeddings, clusters with drill-down, novelty, and
+KNN candidates."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -6,10 +7,12 @@ from edgeloop.pipelines.similarity.nodes import (
     cluster_images,
     embed_images,
     find_similar,
+    score_novelty,
 )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def context_pipeline() -> Pipeline:
+    """Embeddings, clusters and novelty: what review's confidence checks use."""
     return pipeline(
         [
             node(
@@ -30,6 +33,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="cluster_images",
             ),
             node(
+                score_novelty,
+                inputs=["lake", "embedding_report", "params:similarity"],
+                outputs="novelty_scores",
+                name="score_novelty",
+            ),
+        ]
+    )
+
+
+def knn_pipeline() -> Pipeline:
+    """KNN candidates for open bugs (after the verdict import opened them)."""
+    return pipeline(
+        [
+            node(
                 find_similar,
                 inputs=[
                     "lake",
@@ -42,3 +59,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
         ]
     )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return context_pipeline() + knn_pipeline()
