@@ -19,9 +19,11 @@ def _preds(n: int = 40) -> pd.DataFrame:
             "ts": pd.date_range("2026-01-05", periods=n, freq="10min", tz="UTC"),
             "image_id": ids,
             "image_blob": [f"blobs/images/{i}.png" for i in ids],
-            # img00 is the least confident, img39 the most.
+            # img00 is the least confident, img39 the most...
             "mean_max_prob": np.linspace(0.3, 0.99, n),
             "mean_entropy": np.linspace(1.2, 0.01, n),
+            # ... and the most novel (confidently wrong on the unfamiliar).
+            "novelty": np.linspace(0.01, 1.0, n),
         }
     )
 
@@ -87,8 +89,10 @@ def test_hitl_bugs_first_round_robin_then_capped_confidence_then_random():
     # Round robin over bugs, nearest first; img30 is taken once.
     assert bugs["image_id"].tolist() == ["img30", "img35", "img31", "img36", "img32"]
     conf = q[q["reason"] == "low_confidence"]
-    # Cap 1 per cluster: only two confidence picks, the rest rolls to random.
-    assert conf["image_id"].tolist() == ["img00", "img01"]
+    # By novelty; cap 1 per cluster: only two confidence picks, the rest rolls
+    # over to random.
+    assert conf["image_id"].tolist() == ["img39", "img38"]
+    assert conf["detail"].iloc[0] == "novelty=1.000, cluster 0"
     assert (q["reason"] == "random").sum() == 3
     assert "img05" not in set(q["image_id"])
 
@@ -98,6 +102,25 @@ def test_hitl_without_bugs_rolls_their_share_over():
     q = select_for_labeling(pool, _cfg(strategy="hitl"))
     assert (q["reason"] == "low_confidence").sum() == 8  # 5 (bugs) + 3
     assert (q["reason"] == "random").sum() == 2
+
+
+def test_hitl_confidence_score_is_a_parameter_and_needs_its_column():
+    pool = unlabeled_pool(_preds(), set())
+    q = select_for_labeling(
+        pool, _cfg(strategy="hitl", hitl={"confidence_score": "mean_entropy"})
+    )
+    conf = q[q["reason"] == "low_confidence"]
+    assert conf["image_id"].tolist() == [f"img{i:02d}" for i in range(8)]
+    # An image without a novelty score (not yet embedded) is never picked by it.
+    unscored = pool.assign(novelty=pool["novelty"].where(pool.index < 30))
+    q = select_for_labeling(unscored, _cfg(strategy="hitl"))
+    conf = q[q["reason"] == "low_confidence"]
+    assert conf["image_id"].tolist() == [f"img{i:02d}" for i in range(29, 21, -1)]
+    with pytest.raises(ValueError, match="the pool has no 'novelty' scores"):
+        select_for_labeling(pool.drop(columns="novelty"), _cfg(strategy="hitl"))
+    # The entropy baseline never needs novelty.
+    q = select_for_labeling(pool.drop(columns="novelty"), _cfg(strategy="entropy"))
+    assert len(q) == 10
 
 
 def test_budget_larger_than_the_pool_takes_everything():
@@ -112,6 +135,7 @@ def test_budget_larger_than_the_pool_takes_everything():
         ({"strategy": "greedy"}, "acquisition.strategy"),
         ({"budget": -1}, "budget"),
         ({"uncertainty_score": "vibes"}, "uncertainty_score"),
+        ({"hitl": {"confidence_score": "vibes"}}, "hitl.confidence_score"),
         ({"hitl": {"bugs": -1}}, "shares"),
         ({"hitl": {"cluster_cap": 0}}, "cluster_cap"),
         ({"budgett": 3}, "unknown key"),

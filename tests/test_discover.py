@@ -119,6 +119,11 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     summary = _json(ITER0 / "acquisition_summary.json")
     assert summary["picked"] == 12 and summary["pool"] == 60
     assert set(summary["per_reason"]) == {"low_confidence", "random"}
+    # hitl's confidence picks rank by novelty too, the most novel first.
+    first = _latest(OUT0 / "labeling_queue.parquet")
+    doubtful = first[first["reason"] == "low_confidence"]
+    assert doubtful["detail"].str.startswith("novelty=").all()
+    assert doubtful["image_id"].iloc[0] == most_novel
 
     # A reviewer flags three predictions as night bugs and one as correct.
     EXPORTS.mkdir(parents=True)

@@ -5,8 +5,9 @@ Three strategies over the same pool, so the simulation compares them fairly:
 - `random`: uniform picks from the unlabeled pool.
 - `entropy`: the top-k least confident (by `uncertainty_score`).
 - `hitl`: the loop. KNN candidates of open bugs first (round robin over bugs,
-  nearest first), then confidence checks with at most `cluster_cap` per cluster,
-  then random checks. A stage that cannot fill its share passes the rest on.
+  nearest first), then confidence checks (by `hitl_score`, novelty by default)
+  with at most `cluster_cap` per cluster, then random checks. A stage that
+  cannot fill its share passes the rest on.
 
 All pure functions over frames; the pipeline does the I/O.
 """
@@ -38,12 +39,14 @@ LABELING_QUEUE_COLUMNS = [
     "detail",
     "score",
 ]
-# Score -> True when higher means more doubtful.
+# Score -> True when higher means more doubtful. `novelty` (edgeloop.novelty)
+# is joined into the pool by the node; the others are the predictor's.
 _DOUBT_DIRECTION = {
     "mean_entropy": True,
     "low_conf_frac": True,
     "mean_max_prob": False,
     "mean_margin": False,
+    "novelty": True,
 }
 
 
@@ -55,6 +58,7 @@ class AcquisitionConfig:
     budget: int = 50
     seed: int = 0
     uncertainty_score: str = "mean_entropy"
+    hitl_score: str = "novelty"
     bugs_share: float = 0.5
     confidence_share: float = 0.3
     random_share: float = 0.2
@@ -76,6 +80,7 @@ class AcquisitionConfig:
             uncertainty_score=str(
                 params.get("uncertainty_score", cls.uncertainty_score)
             ),
+            hitl_score=str(hitl.get("confidence_score", cls.hitl_score)),
             bugs_share=float(hitl.get("bugs", cls.bugs_share)),
             confidence_share=float(hitl.get("confidence", cls.confidence_share)),
             random_share=float(hitl.get("random", cls.random_share)),
@@ -88,11 +93,15 @@ class AcquisitionConfig:
             )
         if cfg.budget < 0:
             raise ValueError(f"acquisition.budget must be >= 0, got {cfg.budget}")
-        if cfg.uncertainty_score not in _DOUBT_DIRECTION:
-            raise ValueError(
-                "acquisition.uncertainty_score must be one of "
-                f"{sorted(_DOUBT_DIRECTION)}, got {cfg.uncertainty_score!r}"
-            )
+        for name, value in (
+            ("uncertainty_score", cfg.uncertainty_score),
+            ("hitl.confidence_score", cfg.hitl_score),
+        ):
+            if value not in _DOUBT_DIRECTION:
+                raise ValueError(
+                    f"acquisition.{name} must be one of "
+                    f"{sorted(_DOUBT_DIRECTION)}, got {value!r}"
+                )
         shares = (cfg.bugs_share, cfg.confidence_share, cfg.random_share)
         if min(shares) < 0 or sum(shares) <= 0:
             raise ValueError(
@@ -173,9 +182,16 @@ def _confident_last(
 ) -> list[dict]:
     if n <= 0:
         return []
+    if score not in pool.columns:
+        raise ValueError(
+            f"the pool has no {score!r} scores (novelty comes from the similarity "
+            "context's novelty_scores)"
+        )
     doubt = _doubt(pool, score)
-    order = pool.assign(_doubt=doubt.to_numpy()).sort_values(
-        ["_doubt", "image_id"], ascending=[False, True], kind="stable"
+    order = (
+        pool.assign(_doubt=doubt.to_numpy())
+        .dropna(subset=["_doubt"])  # an image without the score is never picked
+        .sort_values(["_doubt", "image_id"], ascending=[False, True], kind="stable")
     )
     picks, details, scores, per_cluster = [], [], [], {}
     for row in order.itertuples(index=False):
@@ -241,7 +257,8 @@ def select_for_labeling(
     """The labeling queue: up to `config.budget` images, each with its reason.
 
     Args:
-        pool: `unlabeled_pool` rows (image_id, request_id, image_blob, scores).
+        pool: `unlabeled_pool` rows (image_id, request_id, image_blob, scores;
+            `novelty` too when a strategy ranks by it).
         config: The strategy, budget and shares.
         knn: KNN candidates of open bugs (bug_id, tag, image_id, distance,
             nearest_seed, rank); hitl only.
@@ -289,7 +306,7 @@ def select_for_labeling(
             _confident_last(
                 pool,
                 conf_n,
-                config.uncertainty_score,
+                config.hitl_score,
                 taken,
                 config.cluster_cap,
                 cluster_of,

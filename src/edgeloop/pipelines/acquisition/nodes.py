@@ -18,18 +18,23 @@ def build_labeling_queue(
     lake: Lake,
     knn: pd.DataFrame,
     clusters: pd.DataFrame,
+    novelty: pd.DataFrame,
     params: Mapping[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Picks `acquisition.budget` unlabeled images with `acquisition.strategy`.
 
     The pool is every predicted image that has no label yet (its latest
-    prediction's scores). `random` and `entropy` ignore the KNN candidates and
-    clusters; all three strategies run this same node.
+    prediction's scores, and its `novelty` from the similarity context).
+    `random` and `entropy` ignore the KNN candidates, clusters and novelty
+    (unless a score names it); all three strategies run this same node.
     """
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
     preds = lake.read("predictions")
     pool = unlabeled_pool(preds, labeled)
+    if len(novelty) and "novelty" in novelty.columns:
+        scores = novelty.drop_duplicates("image_id").set_index("image_id")["novelty"]
+        pool = pool.assign(novelty=pool["image_id"].map(scores).astype(float))
     top = clusters[clusters["level"] == 0] if len(clusters) else clusters
     queue = select_for_labeling(pool, config, knn=knn, clusters=top)
     summary = {

@@ -10,7 +10,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 build_labeling_queue,
-                inputs=["lake", "knn_candidates", "clusters", "params:acquisition"],
+                inputs=[
+                    "lake",
+                    "knn_candidates",
+                    "clusters",
+                    "novelty_scores",
+                    "params:acquisition",
+                ],
                 outputs=["labeling_queue", "acquisition_summary"],
                 name="build_labeling_queue",
             )
