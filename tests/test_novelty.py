@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from edgeloop.novelty import (
     NOVELTY_COLUMNS,
     colour_histograms,
+    join_novelty,
     knn_distance,
     novelty_frame,
 )
@@ -83,3 +85,13 @@ def test_either_detector_alone_makes_an_image_the_most_novel():
         novelty_frame(
             ["a"] * 6, vectors[:5], ref_vectors, np.zeros((6, 8)), np.zeros((3, 8))
         )
+
+
+def test_join_novelty_maps_by_image_and_leaves_the_unscored_nan():
+    frame = pd.DataFrame({"image_id": ["a", "b", "c"], "novelty": [9.0, 9.0, 9.0]})
+    scores = pd.DataFrame({"image_id": ["b", "a", "a"], "novelty": [0.5, 0.25, 0.9]})
+    out = join_novelty(frame, scores)
+    assert out["novelty"].tolist()[:2] == [0.25, 0.5]  # first score of a duplicate
+    assert np.isnan(out["novelty"].iloc[2]) and len(out) == 3
+    empty = join_novelty(frame, pd.DataFrame(columns=["image_id", "novelty"]))
+    assert empty["novelty"].isna().all()

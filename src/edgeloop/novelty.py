@@ -146,3 +146,16 @@ def novelty_frame(
         frame["novelty_colour"].rank(pct=True),
     )
     return frame[NOVELTY_COLUMNS]
+
+
+def join_novelty(frame: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (with image_id) plus a float `novelty` column from `scores`.
+
+    Images without a score get NaN; so does every image when `scores` is
+    empty or has no `novelty` column (no similarity context yet).
+    """
+    out = frame.drop(columns=["novelty"], errors="ignore")
+    if not len(scores) or "novelty" not in scores.columns:
+        return out.assign(novelty=np.nan)
+    by_id = scores.drop_duplicates("image_id").set_index("image_id")["novelty"]
+    return out.assign(novelty=out["image_id"].map(by_id).astype(float))

@@ -10,6 +10,7 @@ import pandas as pd
 
 from edgeloop.acquisition import AcquisitionConfig, select_for_labeling, unlabeled_pool
 from edgeloop.lake import Lake
+from edgeloop.novelty import join_novelty
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,17 @@ def build_labeling_queue(
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
     preds = lake.read("predictions")
-    pool = unlabeled_pool(preds, labeled)
-    if len(novelty) and "novelty" in novelty.columns:
-        scores = novelty.drop_duplicates("image_id").set_index("image_id")["novelty"]
-        pool = pool.assign(novelty=pool["image_id"].map(scores).astype(float))
+    pool = join_novelty(unlabeled_pool(preds, labeled), novelty)
+    if (
+        config.strategy == "hitl"
+        and config.hitl_score == "novelty"
+        and len(pool)
+        and pool["novelty"].isna().all()
+    ):
+        log.warning(
+            "labeling queue: no pool image has a novelty score (run the similarity "
+            "context first), so hitl's confidence share goes to random picks"
+        )
     top = clusters[clusters["level"] == 0] if len(clusters) else clusters
     queue = select_for_labeling(pool, config, knn=knn, clusters=top)
     summary = {

@@ -15,6 +15,7 @@ from edgeloop.classmap import ClassMap
 from edgeloop.imaging import decode_mask
 from edgeloop.labelstudio import local_files_url
 from edgeloop.lake import Lake
+from edgeloop.novelty import join_novelty
 from edgeloop.prodlog import predictions_between
 from edgeloop.review import (
     CLUSTER_COLUMN,
@@ -68,10 +69,7 @@ def _with_context(
     Images the similarity context has not scored get NaN (never picked by
     novelty, never capped).
     """
-    out = preds.drop(columns=["novelty", CLUSTER_COLUMN], errors="ignore")
-    if len(novelty) and "novelty" in novelty.columns:
-        scores = novelty.drop_duplicates("image_id").set_index("image_id")["novelty"]
-        out = out.assign(novelty=out["image_id"].map(scores).astype(float))
+    out = join_novelty(preds, novelty).drop(columns=[CLUSTER_COLUMN], errors="ignore")
     if len(clusters) and {"level", CLUSTER_COLUMN} <= set(clusters.columns):
         top = clusters[clusters["level"] == 0].drop_duplicates("image_id")
         cluster = out["image_id"].map(top.set_index("image_id")[CLUSTER_COLUMN])
@@ -130,7 +128,7 @@ def build_review(
     if (
         config.confidence_score == "novelty"
         and len(preds)
-        and ("novelty" not in preds.columns or preds["novelty"].isna().all())
+        and preds["novelty"].isna().all()
     ):
         raise ValueError(
             "review.sampling.confidence_score is novelty, but no prediction in the "
@@ -148,9 +146,7 @@ def build_review(
         **summary(queue),
         "predictions": len(preds),
         "already_reviewed": len(preds) - len(sample_from),
-        "with_novelty": int(preds["novelty"].notna().sum())
-        if "novelty" in preds.columns
-        else 0,
+        "with_novelty": int(preds["novelty"].notna().sum()),
         "with_cluster": int(preds[CLUSTER_COLUMN].notna().sum())
         if CLUSTER_COLUMN in preds.columns
         else 0,
