@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgeloop.review import CONFIDENCE_SCORES
+
 __all__ = [
     "LABELING_QUEUE_COLUMNS",
     "STRATEGIES",
@@ -39,15 +41,9 @@ LABELING_QUEUE_COLUMNS = [
     "detail",
     "score",
 ]
-# Score -> True when higher means more doubtful. `novelty` (edgeloop.novelty)
-# is joined into the pool by the node; the others are the predictor's.
-_DOUBT_DIRECTION = {
-    "mean_entropy": True,
-    "low_conf_frac": True,
-    "mean_max_prob": False,
-    "mean_margin": False,
-    "novelty": True,
-}
+# Score -> True when higher means more doubtful: review's confidence scores
+# (the predictor's, and `novelty`, which the node joins into the pool).
+_DOUBT_DIRECTION = CONFIDENCE_SCORES
 
 
 @dataclass(frozen=True)

@@ -146,9 +146,9 @@ def score_novelty(
     k = int(settings.get("k", 5))
     bins = int(settings.get("colour_bins", 8))
     preds = _predictions(lake).drop_duplicates("image_id")
-    reference = _reference(lake)
     if preds.empty:
         return pd.DataFrame(columns=NOVELTY_COLUMNS)
+    reference = _reference(lake)
     ids, vectors = _load(report, params, preds["image_id"].tolist())
     ref_ids, ref_vectors = _load(report, params, reference["image_id"].tolist())
     if not ref_ids:
