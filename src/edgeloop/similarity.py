@@ -39,7 +39,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch import nn  # noqa: E402
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, resnet18, resnet34  # noqa: E402
 
-from edgeloop.models import load_weights  # noqa: E402
+from edgeloop.models import IMAGENET_MEAN, IMAGENET_STD, load_weights  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ _IMAGENET = {
     "resnet34": ResNet34_Weights.IMAGENET1K_V1,
 }
 _CONSTRUCT = {"resnet18": resnet18, "resnet34": resnet34}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EMBEDDING_COLUMNS = ["image_id", "backbone", "weights", "dim", "vector"]
 
 
