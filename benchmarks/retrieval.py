@@ -70,7 +70,7 @@ from edgeloop.imaging import decode_image, decode_mask, sha256
 from edgeloop.lake import Lake
 from edgeloop.novelty import colour_histograms
 from edgeloop.registry import load_model, promoted_row
-from edgeloop.review import ReviewConfig, build_review_queue
+from edgeloop.review import ReviewConfig, build_review_queue, with_context
 from edgeloop.similarity import (
     BACKBONES,
     POOLINGS,
@@ -305,12 +305,12 @@ def confidence_checks(
     preds: pd.DataFrame,
     cond: pd.DataFrame,
     args: argparse.Namespace,
-    context: pd.DataFrame | None = None,
+    context: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> list[dict]:
     """Rate of each rare condition among confidence picks over its base rate.
 
-    `context` (image_id, novelty, cluster) is what the review pipeline joins in
-    from the similarity context; without it only the predictor's scores rank.
+    `context` (novelty_scores, clusters) is what the review node joins in
+    (`with_context`); without it only the predictor's scores rank.
     """
     n_low = max(1, round(args.low_conf_frac * len(preds)))
     low = preds.sort_values(["mean_max_prob", "request_id"]).head(n_low)
@@ -330,14 +330,14 @@ def confidence_checks(
         "review queue, mean_max_prob picks": plain_low,
     }
     if context is not None:
-        with_context = preds.merge(context, on="image_id", how="left")
-        top = with_context.sort_values(
+        joined = with_context(preds, *context)
+        top = joined.sort_values(
             ["novelty", "request_id"], ascending=[False, True]
         ).head(n_low)
         picks[f"top {args.low_conf_frac:.0%} novelty"] = top["image_id"].tolist()
         for cap in (None, 3):
             config = ReviewConfig(confidence_score="novelty", cluster_cap=cap)
-            queue, queue_low = queue_picks(with_context, config)
+            queue, queue_low = queue_picks(joined, config)
             what = f"cluster cap {cap}" if cap else "no cluster cap"
             picks[f"review queue, novelty, {what} (all samplers)"] = queue
             picks[f"review queue, novelty, {what} picks"] = queue_low
@@ -377,21 +377,17 @@ def confidence_checks(
     return out
 
 
-def review_context(project: Path) -> pd.DataFrame | None:
+def review_context(project: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The similarity context the project's last run wrote for review.
 
-    (image_id, novelty, cluster at the top level), or None when the run
-    predates novelty.
+    (novelty_scores, clusters), or None when the run predates novelty.
     """
     out = project / "data/07_model_output/iter_0"
     novelty, clusters = out / "novelty_scores.parquet", out / "clusters.parquet"
     if not novelty.is_file() or not clusters.is_file():
         print(f"(no {novelty.name} or {clusters.name} under {out}: novelty skipped)")
         return None
-    top = pd.read_parquet(clusters).query("level == 0")
-    return pd.read_parquet(novelty)[["image_id", "novelty"]].merge(
-        top[["image_id", "cluster"]], on="image_id", how="left"
-    )
+    return pd.read_parquet(novelty), pd.read_parquet(clusters)
 
 
 def stream_benchmark(args: argparse.Namespace, project: Path) -> dict:

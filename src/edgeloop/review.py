@@ -33,6 +33,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
 
+from edgeloop.novelty import join_novelty
 from edgeloop.prodlog import SCORE_ORDER
 
 if TYPE_CHECKING:
@@ -423,6 +424,23 @@ def _feedback_detail(row: pd.Series) -> str:
     if isinstance(client, str) and client:
         text += f" (client {client})"
     return text
+
+
+def with_context(
+    preds: pd.DataFrame, novelty: pd.DataFrame, clusters: pd.DataFrame
+) -> pd.DataFrame:
+    """`preds` plus each image's `novelty` and top-level k-means `cluster`.
+
+    `novelty` and `clusters` are the similarity context's `novelty_scores` and
+    `clusters`. Images it has not scored get NaN (never picked by novelty,
+    never capped).
+    """
+    out = join_novelty(preds, novelty).drop(columns=[CLUSTER_COLUMN], errors="ignore")
+    if len(clusters) and {"level", CLUSTER_COLUMN} <= set(clusters.columns):
+        top = clusters[clusters["level"] == 0].drop_duplicates("image_id")
+        cluster = out["image_id"].map(top.set_index("image_id")[CLUSTER_COLUMN])
+        out = out.assign(**{CLUSTER_COLUMN: cluster})
+    return out
 
 
 # -- the queue -------------------------------------------------------------------

@@ -15,7 +15,6 @@ from edgeloop.classmap import ClassMap
 from edgeloop.imaging import decode_mask
 from edgeloop.labelstudio import local_files_url
 from edgeloop.lake import Lake
-from edgeloop.novelty import join_novelty
 from edgeloop.prodlog import predictions_between
 from edgeloop.review import (
     CLUSTER_COLUMN,
@@ -24,6 +23,7 @@ from edgeloop.review import (
     health_figure,
     model_health,
     summary,
+    with_context,
 )
 from edgeloop.review_tasks import (
     QUARANTINE_COLUMNS,
@@ -59,22 +59,6 @@ def _period(params: Mapping[str, Any]) -> tuple[datetime | None, datetime | None
             f"review.period: start {bounds[0]} is not before end {bounds[1]}"
         )
     return bounds[0], bounds[1]
-
-
-def _with_context(
-    preds: pd.DataFrame, novelty: pd.DataFrame, clusters: pd.DataFrame
-) -> pd.DataFrame:
-    """`preds` plus each image's `novelty` and top-level k-means `cluster`.
-
-    Images the similarity context has not scored get NaN (never picked by
-    novelty, never capped).
-    """
-    out = join_novelty(preds, novelty).drop(columns=[CLUSTER_COLUMN], errors="ignore")
-    if len(clusters) and {"level", CLUSTER_COLUMN} <= set(clusters.columns):
-        top = clusters[clusters["level"] == 0].drop_duplicates("image_id")
-        cluster = out["image_id"].map(top.set_index("image_id")[CLUSTER_COLUMN])
-        out = out.assign(**{CLUSTER_COLUMN: cluster})
-    return out
 
 
 def build_review(
@@ -124,7 +108,7 @@ def build_review(
         received &= feedback["ts"] < pd.Timestamp(end)
     feedback = feedback[received | feedback["request_id"].isin(preds["request_id"])]
     verdicts = lake.read("review_verdicts")
-    preds = _with_context(preds, novelty, clusters)
+    preds = with_context(preds, novelty, clusters)
     if (
         config.confidence_score == "novelty"
         and len(preds)
