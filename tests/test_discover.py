@@ -111,6 +111,9 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     review = _json(ITER0 / "review_summary.json")
     assert (review["with_novelty"], review["with_cluster"]) == (60, 60)
     most_novel = novelty.nlargest(1, "novelty")["image_id"].item()
+    # Colour histograms are stored like embeddings, one per image.
+    hist_parts = sorted(Path("data/04_feature/embeddings/colour-hist8__none").iterdir())
+    assert hist_parts
     assert most_novel in set(queue["image_id"])
     assert len(list((ITER0 / "cluster_montages").glob("cluster_*.png"))) == 8
     assert (ITER0 / "embedding_map.png").stat().st_size > 10_000
@@ -148,6 +151,10 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     # Incremental: the unchanged lake is not embedded again.
     assert _json(ITER0 / "embedding_report.json")["new"] == 0
     assert _json(ITER0 / "embedding_report.json")["reference"]["new"] == 0
+    assert (
+        sorted(Path("data/04_feature/embeddings/colour-hist8__none").iterdir())
+        == hist_parts
+    )
     knn = pd.read_parquet(OUT0 / "knn_candidates.parquet")
     seeds = {t["data"]["image_id"] for t in tasks[:3]}
     assert set(knn["bug_id"]) == {"bug-night-0"} and len(knn) == 50

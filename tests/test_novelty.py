@@ -8,6 +8,7 @@ import pytest
 
 from edgeloop.novelty import (
     NOVELTY_COLUMNS,
+    ColourHistograms,
     colour_histograms,
     join_novelty,
     knn_distance,
@@ -28,6 +29,14 @@ def test_colour_histograms_are_square_rooted_and_l1_normalised():
     np.testing.assert_allclose(h[0], [np.sqrt(0.5), 0, 0, 0, 0, 0, 0, np.sqrt(0.5)])
     np.testing.assert_allclose(h[1], [0, 0, 0, 0, 1, 0, 0, 0])  # (1, 0, 0) -> bin 4
     np.testing.assert_allclose((h**2).sum(1), 1.0, rtol=1e-6)
+    # The same, behind embed_frame's embedder interface (stored per image).
+    stored = ColourHistograms(bins=2)
+    assert stored.describe() == {
+        "backbone": "colour-hist2",
+        "weights": "none",
+        "dim": 8,
+    }
+    np.testing.assert_array_equal(stored.embed([half, _image((200, 10, 10))]), h)
     with pytest.raises(ValueError, match="power of two"):
         colour_histograms([half], bins=6)
     with pytest.raises(ValueError, match=r"image 0 must be \(H, W, 3\) uint8"):

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +54,36 @@ def colour_histograms(images: Sequence[np.ndarray], bins: int = 8) -> np.ndarray
         h = np.bincount(idx, minlength=bins**3).astype(np.float32)
         out[i] = np.sqrt(h / max(h.sum(), 1.0))
     return out
+
+
+@dataclass(frozen=True)
+class ColourHistograms:
+    """`colour_histograms` behind the embedder interface of `embed_frame`.
+
+    So histograms are stored in the embedding store, keyed by image_id and
+    ``colour-hist<bins>``, and computed once per image like the embeddings.
+    """
+
+    bins: int = 8
+    batch_size: int = 64
+
+    @property
+    def backbone(self) -> str:
+        return f"colour-hist{self.bins}"
+
+    @property
+    def weights(self) -> str:
+        return "none"
+
+    @property
+    def dim(self) -> int:
+        return self.bins**3
+
+    def describe(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "weights": self.weights, "dim": self.dim}
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return colour_histograms(images, self.bins)
 
 
 def knn_distance(

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from edgeloop.acquisition import unlabeled_pool
 from edgeloop.imaging import decode_image
 from edgeloop.lake import Lake
-from edgeloop.novelty import NOVELTY_COLUMNS, colour_histograms, novelty_frame
+from edgeloop.novelty import NOVELTY_COLUMNS, ColourHistograms, novelty_frame
 from edgeloop.registry import load_model, promoted_row
 from edgeloop.review_tasks import advance_status, current_bugs
 from edgeloop.similarity import (
@@ -160,16 +160,23 @@ def score_novelty(
         for column in NOVELTY_COLUMNS[1:]:
             frame[column] = np.nan
         return frame
-    blobs = preds.set_index("image_id")["image_blob"]
-    ref_blobs = reference.set_index("image_id")["image_blob"]
-    frame = novelty_frame(
-        ids,
-        vectors,
-        ref_vectors,
-        colour_histograms(_thumbs(lake, blobs, ids), bins),
-        colour_histograms(_thumbs(lake, ref_blobs, ref_ids), bins),
-        k=k,
+    # Histograms are stored like embeddings: each image is decoded once.
+    histograms = ColourHistograms(bins)
+    store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
+    embed_frame(
+        histograms,
+        store,
+        pd.concat([preds[["image_id", "image_blob"]], reference]),
+        lambda blob: decode_image(lake.get_blob(blob)),
+        progress=False,
     )
+    hist_ids, hists = store.load(histograms.backbone, histograms.weights, ids)
+    ref_hist_ids, ref_hists = store.load(
+        histograms.backbone, histograms.weights, ref_ids
+    )
+    if hist_ids != ids or ref_hist_ids != ref_ids:  # both sorted by id
+        raise RuntimeError("colour histograms and embeddings cover different images")
+    frame = novelty_frame(ids, vectors, ref_vectors, hists, ref_hists, k=k)
     log.info(
         "novelty: %d images against %d labelled (k=%d, %d colour bins)",
         len(frame),
