@@ -186,3 +186,15 @@ def test_style_pooling_sees_a_global_colour_cast():
         return float((1 - v[0] @ v[1]) / (1 - v[0] @ v[2]))
 
     assert relative("style") > relative("gap")
+
+
+def test_knn_colour_weight_is_checked_before_anything_is_read():
+    from edgeloop.pipelines.similarity.nodes import _colour_space
+
+    nothing = pd.DataFrame(columns=["image_id", "image_blob"])
+    args = (None, nothing, {}, [])
+    assert _colour_space(*args, {"colour_weight": 0}, "nearest_seed") is None
+    with pytest.raises(ValueError, match="colour_weight must be >= 0, got -1.0"):
+        _colour_space(*args, {"colour_weight": -1}, "discriminative")
+    with pytest.raises(ValueError, match="needs query: discriminative"):
+        _colour_space(*args, {}, "nearest_seed")  # the default weight is 1

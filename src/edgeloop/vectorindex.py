@@ -595,6 +595,87 @@ def knn_candidates(
     return frame
 
 
+class QuerySpace(NamedTuple):
+    """One feature space of a fused discriminative query (`fused_candidates`).
+
+    Attributes:
+        vectors: (N, D) features of the N images searched, in `ids` order.
+        seed_vectors: (S, D) features of the seeds in the same space.
+        background: That space's fitted `QueryBackground`.
+        weight: The space's weight in the sum of z-scores (>= 0).
+    """
+
+    vectors: np.ndarray
+    seed_vectors: np.ndarray
+    background: QueryBackground
+    weight: float = 1.0
+
+
+def fused_candidates(
+    ids: Sequence[str],
+    spaces: Sequence[QuerySpace],
+    seed_ids: Sequence[str],
+    n: int,
+    *,
+    exclude: Collection[str] | None = None,
+) -> pd.DataFrame:
+    """The n images most like a few seeds, by discriminative queries in several spaces.
+
+    In each space the seeds ask one `QueryBackground.query`; every image gets its
+    cosine similarity to it, standardised (z-score) over all N images so the
+    spaces are comparable, and the weighted z-scores are summed. Excluding
+    images does not move the others' scores. Exact (one matrix-vector product
+    per space), so no index is needed.
+
+    On the synthetic stream (`benchmarks/retrieval.py`, 10 repeats), the
+    embedding plus joint colour histograms at weight 1 raise haze
+    precision@50 from 0.72 to 0.85 and keep glare (0.78 -> 0.79), night and
+    dusk (1.00): the embedder standardises each image, so it sees haze's
+    washed-out colours poorly; the histograms see them well.
+
+    Seeds and `exclude` are left out.
+
+    Returns:
+        Up to n rows, most similar first, with the columns of `knn_candidates`:
+        image_id, distance (minus the fused score, so lower is more similar),
+        nearest_seed ("(all)") and rank. Ties are broken by image_id.
+
+    Raises:
+        ValueError: no spaces, a negative weight, shapes that do not match `ids`.
+    """
+    n = _check_k(n, "n")
+    if not spaces:
+        raise ValueError("fused_candidates needs at least one space")
+    ids = np.asarray([str(i) for i in ids], dtype=object)
+    excluded = set(exclude or ()) | {str(s) for s in seed_ids}
+    eligible = np.asarray([i not in excluded for i in ids], dtype=bool)
+    total = np.zeros(len(ids), dtype=np.float64)
+    for k, space in enumerate(spaces):
+        if not space.weight >= 0:
+            raise ValueError(f"spaces[{k}].weight must be >= 0, got {space.weight!r}")
+        x = _as_matrix(space.vectors, f"spaces[{k}].vectors", "cosine")
+        if len(x) != len(ids):
+            raise ValueError(
+                f"spaces[{k}].vectors has {len(x)} rows for {len(ids)} ids"
+            )
+        w = space.background.query(space.seed_vectors).astype(np.float64)
+        sim = x.astype(np.float64) @ (w / np.linalg.norm(w))
+        total += space.weight * (sim - sim.mean()) / max(float(sim.std()), 1e-12)
+    rows = np.flatnonzero(eligible)
+    rows = rows[np.argsort(-total[rows], kind="stable")]
+    if len(rows) > n:  # keep everything tied with the n-th, then break ties by id
+        rows = rows[total[rows] >= total[rows[n - 1]]]
+    order = sorted(rows.tolist(), key=lambda r: (-total[r], ids[r]))[:n]
+    return pd.DataFrame(
+        {
+            "image_id": pd.Series(ids[order].tolist(), dtype="str"),
+            "distance": pd.Series(-total[order], dtype="float64"),
+            "nearest_seed": pd.Series(["(all)"] * len(order), dtype="str"),
+            "rank": np.arange(1, len(order) + 1, dtype=np.int64),
+        }
+    )
+
+
 class KMeansResult(NamedTuple):
     """k-means output; unpacks as `labels, centroids = kmeans(...)`.
 

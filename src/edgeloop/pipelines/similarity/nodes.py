@@ -26,8 +26,10 @@ from edgeloop.similarity import (
 )
 from edgeloop.vectorindex import (
     QueryBackground,
+    QuerySpace,
     VectorIndex,
     cluster_path,
+    fused_candidates,
     knn_candidates,
 )
 
@@ -187,6 +189,46 @@ def score_novelty(
     return frame
 
 
+def _colour_space(
+    lake: Lake,
+    preds: pd.DataFrame,
+    params: Mapping[str, Any],
+    ids: list[str],
+    settings: Mapping[str, Any],
+    query: str,
+) -> tuple[np.ndarray, QueryBackground, float] | None:
+    """(histograms of `ids`, their background, weight) when KNN fuses colour.
+
+    `knn.colour_weight` > 0 adds joint RGB histograms (the novelty's, from the
+    embedding store; computed there if missing) to the discriminative query.
+    """
+    weight = float(settings.get("colour_weight", 1.0))
+    if not weight >= 0:
+        raise ValueError(f"similarity.knn.colour_weight must be >= 0, got {weight!r}")
+    if weight == 0:
+        return None
+    if query != "discriminative":
+        raise ValueError(
+            "similarity.knn.colour_weight > 0 needs query: discriminative "
+            f"(got {query!r}); set colour_weight: 0 for {query!r}"
+        )
+    bins = int((params.get("novelty") or {}).get("colour_bins", 8))
+    histograms = ColourHistograms(bins)
+    store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
+    embed_frame(
+        histograms,
+        store,
+        preds[["image_id", "image_blob"]],
+        lambda blob: decode_image(lake.get_blob(blob)),
+        progress=False,
+    )
+    hist_ids, hists = store.load(histograms.backbone, histograms.weights, ids)
+    if hist_ids != ids:  # both sorted by id
+        raise RuntimeError("colour histograms and embeddings cover different images")
+    shrinkage = float(settings.get("shrinkage", 1.0))
+    return hists, QueryBackground.fit(hists, shrinkage=shrinkage), weight
+
+
 def _load(
     report: Mapping[str, Any], params: Mapping[str, Any], ids: list[str]
 ) -> tuple[list[str], np.ndarray]:
@@ -317,13 +359,21 @@ def find_similar(
         return pd.DataFrame(columns=KNN_COLUMNS), {}
     index_params = params.get("index") or {}
     pos = {i: p for p, i in enumerate(ids)}
-    pool_ids = set(pool["image_id"])
-    in_pool = np.asarray([i in pool_ids for i in ids], dtype=bool)
-    index = VectorIndex.build(
-        vectors[in_pool],
-        [i for i, keep in zip(ids, in_pool, strict=True) if keep],
-        kind=str(index_params.get("kind", "auto")),
-        faiss_threshold=int(index_params.get("faiss_threshold", 50_000)),
+    pool_set = set(pool["image_id"])
+    in_pool = np.asarray([i in pool_set for i in ids], dtype=bool)
+    pool_ids = [i for i, keep in zip(ids, in_pool, strict=True) if keep]
+    outside_pool = set(ids) - pool_set
+    colour = _colour_space(lake, preds, params, ids, settings, query)
+    # A fused query scores every pool image exactly; a plain one uses the index.
+    index = (
+        VectorIndex.build(
+            vectors[in_pool],
+            pool_ids,
+            kind=str(index_params.get("kind", "auto")),
+            faiss_threshold=int(index_params.get("faiss_threshold", 50_000)),
+        )
+        if colour is None
+        else None
     )
     # Fitted on every embedded image, so a query does not move as labels come in.
     background = (
@@ -345,15 +395,32 @@ def find_similar(
             )
         if not known:
             continue
-        found = knn_candidates(
-            index,
-            vectors[[pos[s] for s in known]],
-            known,
-            n,
-            exclude=labeled,
-            query=query,
-            background=background,
-        )
+        seed_rows = [pos[s] for s in known]
+        if index is not None:
+            found = knn_candidates(
+                index,
+                vectors[seed_rows],
+                known,
+                n,
+                exclude=labeled,
+                query=query,
+                background=background,
+            )
+        else:
+            assert colour is not None
+            hists, hist_background, weight = colour
+            # Scored over every prediction image (fixed as labels come in),
+            # searched in the pool only.
+            found = fused_candidates(
+                ids,
+                [
+                    QuerySpace(vectors, vectors[seed_rows], background),
+                    QuerySpace(hists, hists[seed_rows], hist_background, weight),
+                ],
+                known,
+                n,
+                exclude=labeled | outside_pool,
+            )
         frames.append(found.assign(bug_id=bug_id, tag=tag)[KNN_COLUMNS])
         shown = known[:6] + found["image_id"].tolist()[: 24 - min(len(known), 6)]
         montages[f"{bug_id}.png"] = montage(
