@@ -364,7 +364,7 @@ def find_similar(
     pool_ids = [i for i, keep in zip(ids, in_pool, strict=True) if keep]
     outside_pool = set(ids) - pool_set
     colour = _colour_space(lake, preds, params, ids, settings, query)
-    # A fused query scores every pool image exactly; a plain one uses the index.
+    # A fused query scores every image exactly; a plain one searches the index.
     index = (
         VectorIndex.build(
             vectors[in_pool],
