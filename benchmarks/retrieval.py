@@ -3,7 +3,8 @@
 Usage:
     .venv/bin/python benchmarks/retrieval.py [--project .] [--repeats 5]
         [--seeds 5] [--k 50] [--backbone resnet18] [--seed 0]
-        [--low-conf-frac 0.05] [--colour-weight 1.0] [--json OUT]
+        [--low-conf-frac 0.05] [--colour-weight 1.0] [--object-weight 1.0]
+        [--space-weighting loo] [--json OUT]
         [--camvid] [--camvid-lake PATH] [--store PATH]
 
 Input: a project directory after `kedro run`: its lake (`data/lake`) holds the
@@ -33,10 +34,12 @@ images of that condition, retrieve `--k` candidates with
 many have the condition (precision@k). `--pooling` and `--query` are the
 pipeline's `similarity.pooling` and `similarity.knn.query`: by default
 style-and-content pooling and the discriminative (whitened-LDA) query.
-With `--colour-weight` > 0 (the pipeline's `similarity.knn.colour_weight`,
-default 1) the table also shows the pipeline's fused query
-(`fused_candidates`: the embedding's and the colour histograms' z-scored
-similarities, summed), and the lift and targets judge it.
+With `--colour-weight` or `--object-weight` > 0 (the pipeline's
+`similarity.knn.colour_weight` and `object_weight`, default 1) the table also
+shows the pipeline's fused query (`fused_candidates`: the z-scored
+similarities in the embedding, the colour histograms and the object profiles
+of the predicted masks, summed with `--space-weighting` weights), and the
+lift and targets judge it. CamVid has no predicted masks: colour only.
 Baselines in the same table: the same query over colour histograms (8x8x8
 RGB, L1-normalised, square root: Hellinger, cosine) and `--k` random
 non-seed images. Lift = precision / base rate.
@@ -69,7 +72,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from edgeloop.features import mask_features
+from edgeloop.features import ObjectProfiles, mask_features
 from edgeloop.imaging import decode_image, decode_mask, sha256
 from edgeloop.lake import Lake
 from edgeloop.novelty import colour_histograms
@@ -84,6 +87,7 @@ from edgeloop.similarity import (
 )
 from edgeloop.vectorindex import (
     QUERIES,
+    WEIGHTINGS,
     QueryBackground,
     QuerySpace,
     VectorIndex,
@@ -191,12 +195,13 @@ def retrieve(
     pos_rows = np.flatnonzero(positive)
     id_arr = np.asarray(ids, dtype=object)
     label = dict(zip(ids, positive.tolist(), strict=True))
-    out: dict[str, list[float]] = {name_: [] for name_ in (*indexes, "random")}
+    searched = {k: v for k, v in indexes.items() if v[0] is not None}
+    out: dict[str, list[float]] = {name_: [] for name_ in (*searched, "random")}
     for r in range(args.repeats):
         rng = condition_rng(args.seed, name, r)
         seed_rows = rng.choice(pos_rows, args.seeds, replace=False)
         seed_ids = id_arr[seed_rows].tolist()
-        for kind, (index, vectors, background) in indexes.items():
+        for kind, (index, vectors, background) in searched.items():
             hits = knn_candidates(
                 index,
                 vectors[seed_rows],
@@ -207,12 +212,19 @@ def retrieve(
             )
             out[kind].append(float(np.mean([label[i] for i in hits["image_id"]])))
         if fused(args):
-            (_, x, x_bg), (_, h, h_bg) = indexes["cnn"], indexes["hist"]
+            weights = {
+                "cnn": 1.0,
+                "hist": args.colour_weight,
+                "objects": args.object_weight,
+            }
             spaces = [
-                QuerySpace(x, x[seed_rows], x_bg),
-                QuerySpace(h, h[seed_rows], h_bg, args.colour_weight),
+                QuerySpace(x, x[seed_rows], bg, weights[kind])
+                for kind, (_, x, bg) in indexes.items()
+                if weights[kind] > 0
             ]
-            hits = fused_candidates(ids, spaces, seed_ids, args.k)
+            hits = fused_candidates(
+                ids, spaces, seed_ids, args.k, weighting=args.space_weighting
+            )
             out.setdefault("fused", []).append(
                 float(np.mean([label[i] for i in hits["image_id"]]))
             )
@@ -223,8 +235,9 @@ def retrieve(
 
 
 def fused(args: argparse.Namespace) -> bool:
-    """Whether the pipeline's KNN adds colour histograms (`fused_candidates`)."""
-    return args.colour_weight > 0 and args.query == "discriminative"
+    """Whether the pipeline's KNN fuses other spaces (`fused_candidates`)."""
+    extra = args.colour_weight > 0 or args.object_weight > 0
+    return extra and args.query == "discriminative"
 
 
 def fmt(values: list[float]) -> str:
@@ -245,14 +258,14 @@ def retrieval_table(
     CNN + colour query when `fused(args)`, else the CNN query alone.
     """
     results = []
-    judged = "CNN+colour" if fused(args) else "CNN"
+    judged = "fused" if fused(args) else "CNN"
     head = [
         "condition",
         "kind",
         "base rate",
         "n",
         f"CNN p@{args.k}",
-        *([f"CNN+colour p@{args.k}"] if fused(args) else []),
+        *([f"fused p@{args.k}"] if fused(args) else []),
         f"{judged} lift",
         f"colour-hist p@{args.k}",
         f"random p@{args.k}",
@@ -316,9 +329,17 @@ Indexes = dict[str, tuple[VectorIndex, np.ndarray, QueryBackground | None]]
 
 
 def build_indexes(
-    vectors: np.ndarray, hists: np.ndarray, ids: list[str], args: argparse.Namespace
+    vectors: np.ndarray,
+    hists: np.ndarray,
+    ids: list[str],
+    args: argparse.Namespace,
+    objects: np.ndarray | None = None,
 ) -> Indexes:
-    """Exact index, vectors and (for the discriminative query) background."""
+    """Exact index, vectors and (for the discriminative query) background.
+
+    `objects` (object profiles of predicted masks) only take part in the
+    fused query, so they get no index.
+    """
 
     def one(x: np.ndarray) -> tuple[VectorIndex, np.ndarray, QueryBackground | None]:
         background = (
@@ -328,7 +349,10 @@ def build_indexes(
         )
         return VectorIndex.build(x, ids, kind="exact"), x, background
 
-    return {"cnn": one(vectors), "hist": one(hists)}
+    out = {"cnn": one(vectors), "hist": one(hists)}
+    if objects is not None and args.object_weight > 0:
+        out["objects"] = (None, objects, one(objects)[2])
+    return out
 
 
 # -- the synthetic stream -----------------------------------------------------------
@@ -465,9 +489,13 @@ def stream_benchmark(args: argparse.Namespace, project: Path) -> dict:
         f"exact cosine, query {args.query} (shrinkage {args.shrinkage}); "
         f"mean ± std over {args.repeats} repeats (seed {args.seed})\n"
     )
-    rows = retrieval_table(
-        conditions, ids, build_indexes(vectors, hists, ids, args), args, targets=True
+    # Object profiles of the predicted masks, as the pipeline's KNN computes them.
+    masks = matched.set_index("image_id")["mask_blob"]
+    objects = ObjectProfiles(OBJECT_IDS).embed(
+        [decode_mask(lake.get_blob(masks[i])) for i in ids]
     )
+    indexes = build_indexes(vectors, hists, ids, args, objects)
+    rows = retrieval_table(conditions, ids, indexes, args, targets=True)
     short = [r["condition"] for r in rows if r.get("max_precision", 1.0) < 1.0]
     if short:
         print(
@@ -587,6 +615,20 @@ def main() -> None:
         default=1.0,
         help="weight of colour histograms fused into the discriminative query, "
         "as similarity.knn.colour_weight (1.0; 0: the CNN query alone)",
+    )
+    parser.add_argument(
+        "--object-weight",
+        type=float,
+        default=1.0,
+        help="weight of predicted-mask object profiles in the fused query, "
+        "as similarity.knn.object_weight (1.0; 0: none)",
+    )
+    parser.add_argument(
+        "--space-weighting",
+        choices=WEIGHTINGS,
+        default="loo",
+        help="how the fused query weights its spaces, as "
+        "similarity.knn.space_weighting (loo)",
     )
     parser.add_argument(
         "--shrinkage",

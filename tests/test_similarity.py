@@ -188,13 +188,17 @@ def test_style_pooling_sees_a_global_colour_cast():
     assert relative("style") > relative("gap")
 
 
-def test_knn_colour_weight_is_checked_before_anything_is_read():
-    from edgeloop.pipelines.similarity.nodes import _colour_space
+def test_knn_space_weights_are_checked_before_anything_is_read():
+    from edgeloop.pipelines.similarity.nodes import _extra_spaces
 
-    nothing = pd.DataFrame(columns=["image_id", "image_blob"])
-    args = (None, nothing, {}, [])
-    assert _colour_space(*args, {"colour_weight": 0}, "nearest_seed") is None
+    def knn(**settings):
+        return {"knn": {"query": "discriminative", **settings}}
+
+    off = knn(colour_weight=0, object_weight=0, query="nearest_seed")
+    assert _extra_spaces(None, off, [], {}) == []
     with pytest.raises(ValueError, match="colour_weight must be >= 0, got -1.0"):
-        _colour_space(*args, {"colour_weight": -1}, "discriminative")
-    with pytest.raises(ValueError, match="needs query: discriminative"):
-        _colour_space(*args, {}, "nearest_seed")  # the default weight is 1
+        _extra_spaces(None, knn(colour_weight=-1), [], {})
+    with pytest.raises(ValueError, match="object_weight must be >= 0, got -2.0"):
+        _extra_spaces(None, knn(object_weight=-2), [], {})
+    with pytest.raises(ValueError, match="need query: discriminative"):
+        _extra_spaces(None, knn(query="nearest_seed"), [], {})  # default weights 1

@@ -499,3 +499,42 @@ def test_fused_query_adds_what_each_space_sees():
         vectorindex.fused_candidates(
             ids, [spaces[0]._replace(vectors=x[:-1])], seed_ids, 5
         )
+
+
+def test_loo_weighting_leans_on_the_space_the_seeds_agree_in():
+    """A space that cannot tell the rare images apart gets (almost) no weight."""
+    x, rare = _rare_direction(seed=0)
+    noise = np.random.default_rng(9).standard_normal((600, 16)).astype(np.float32)
+    noise[:, 0] += 5.0
+    ids = _ids(len(x))
+    seeds = np.flatnonzero(rare)[:5]
+    seed_ids = [ids[i] for i in seeds]
+    spaces = [
+        vectorindex.QuerySpace(
+            x, x[seeds], vectorindex.QueryBackground.fit(x, shrinkage=0.01)
+        ),
+        vectorindex.QuerySpace(
+            noise, noise[seeds], vectorindex.QueryBackground.fit(noise)
+        ),
+    ]
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    w_x = vectorindex.loo_weight(unit(x.astype(np.float64)), spaces[0])
+    w_noise = vectorindex.loo_weight(unit(noise.astype(np.float64)), spaces[1])
+    assert w_x > 10 * w_noise, (w_x, w_noise)  # measured 8.87 and 0.54
+
+    def precision(weighting: str) -> tuple[float, list[float]]:
+        out = vectorindex.fused_candidates(
+            ids, spaces, seed_ids, 20, weighting=weighting
+        )
+        return float(rare[[ids.index(i) for i in out["image_id"]]].mean()), out.attrs[
+            "space_weights"
+        ]
+
+    fixed, fixed_w = precision("fixed")
+    loo, loo_w = precision("loo")
+    assert fixed_w == [1.0, 1.0] and loo_w == pytest.approx([w_x, w_noise])
+    assert loo >= 0.9 and loo > fixed, (loo, fixed)
+    # One seed: nothing to leave out, weight 1.
+    assert vectorindex.loo_weight(unit(x), spaces[0]._replace(seed_vectors=x[:1])) == 1
+    with pytest.raises(ValueError, match="unknown weighting 'mean'"):
+        vectorindex.fused_candidates(ids, spaces, seed_ids, 5, weighting="mean")

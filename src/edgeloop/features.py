@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from skimage import measure
@@ -81,3 +83,75 @@ def mask_features(
         objects_per_class=tuple(int(per_class[i]) for i in class_ids),
         object_fracs=tuple(round(float(s) / area, 8) for s in np.sort(sizes)[::-1]),
     )
+
+
+def object_profile(
+    mask: np.ndarray,
+    object_ids: tuple[int, ...],
+    *,
+    bins: int = 10,
+    min_pixels: int = 4,
+) -> np.ndarray:
+    """How many objects of which sizes a label map shows, as a vector.
+
+    An object is an 8-connected component of object-class pixels (any object
+    class, so an aircraft drawn in two classes is one object) of at least
+    `min_pixels` pixels. The vector (float32, `bins + 2`) holds the number of
+    objects in each of `bins` log-spaced bins of area relative to the image,
+    from `min_pixels` pixels to the whole image; log(1 + number of objects);
+    and a constant 1, so no vector is all zeros (cosine needs that).
+
+    Used for KNN on predicted masks: "images with many or tiny aircraft" is
+    something whole-image CNN features do not see.
+
+    Raises:
+        ValueError: `mask` not 2-D, `bins` < 1 or `min_pixels` < 1.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    if bins < 1 or min_pixels < 1:
+        raise ValueError(f"bins and min_pixels must be >= 1, got {bins}, {min_pixels}")
+    is_object = np.zeros(max(256, int(mask.max()) + 1), dtype=bool)
+    is_object[list(object_ids)] = True
+    regions, n = measure.label(is_object[mask], connectivity=2, return_num=True)
+    sizes = np.bincount(regions.ravel(), minlength=n + 1)[1:]
+    fracs = sizes[sizes >= min_pixels] / float(mask.size)
+    edges = np.logspace(np.log10(min_pixels / mask.size), 0.0, bins + 1)
+    edges[0], edges[-1] = 0.0, np.inf
+    counts = np.histogram(fracs, bins=edges)[0]
+    return np.r_[counts, np.log1p(len(fracs)), 1.0].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ObjectProfiles:
+    """`object_profile` behind the embedder interface of `embed_frame`.
+
+    Its inputs are label maps (predicted masks), keyed in the embedding store
+    by the mask's content address, so each mask is profiled once.
+    """
+
+    object_ids: tuple[int, ...]
+    bins: int = 10
+    batch_size: int = 256
+
+    @property
+    def backbone(self) -> str:
+        return f"object-profile{self.bins}"
+
+    @property
+    def weights(self) -> str:
+        return "objects-" + "-".join(str(i) for i in self.object_ids)
+
+    @property
+    def dim(self) -> int:
+        return self.bins + 2
+
+    def describe(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "weights": self.weights, "dim": self.dim}
+
+    def embed(self, masks: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(masks), self.dim), dtype=np.float32)
+        for i, mask in enumerate(masks):
+            out[i] = object_profile(mask, self.object_ids, bins=self.bins)
+        return out

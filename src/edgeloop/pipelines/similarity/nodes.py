@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from edgeloop.acquisition import unlabeled_pool
-from edgeloop.imaging import decode_image
+from edgeloop.classmap import ClassMap
+from edgeloop.features import ObjectProfiles
+from edgeloop.imaging import decode_image, decode_mask
 from edgeloop.lake import Lake
 from edgeloop.novelty import NOVELTY_COLUMNS, ColourHistograms, novelty_frame
 from edgeloop.registry import load_model, promoted_row
@@ -25,6 +28,7 @@ from edgeloop.similarity import (
     montage,
 )
 from edgeloop.vectorindex import (
+    WEIGHTINGS,
     QueryBackground,
     QuerySpace,
     VectorIndex,
@@ -189,44 +193,106 @@ def score_novelty(
     return frame
 
 
-def _colour_space(
+def _extra_spaces(
     lake: Lake,
-    preds: pd.DataFrame,
     params: Mapping[str, Any],
     ids: list[str],
-    settings: Mapping[str, Any],
-    query: str,
-) -> tuple[np.ndarray, QueryBackground, float] | None:
-    """(histograms of `ids`, their background, weight) when KNN fuses colour.
+    classes: Mapping[str, Any],
+) -> list[tuple[str, np.ndarray, float]]:
+    """The spaces KNN fuses with the embedding: (name, vectors of `ids`, weight).
 
-    `knn.colour_weight` > 0 adds joint RGB histograms (the novelty's, from the
-    embedding store; computed there if missing) to the discriminative query.
+    - `knn.colour_weight` > 0: joint RGB histograms of the images (the
+      novelty's, in the embedding store; computed there if missing);
+    - `knn.object_weight` > 0: object profiles of the latest predicted mask of
+      each image (`edgeloop.features.object_profile`: how many objects of which
+      sizes), stored by the mask's content address.
+
+    Both need `knn.query: discriminative`.
     """
-    weight = float(settings.get("colour_weight", 1.0))
-    if not weight >= 0:
-        raise ValueError(f"similarity.knn.colour_weight must be >= 0, got {weight!r}")
-    if weight == 0:
-        return None
+    settings = params.get("knn") or {}
+    query = str(settings.get("query", "discriminative"))
+    weights = {
+        name: float(settings.get(f"{name}_weight", 1.0))
+        for name in ("colour", "object")
+    }
+    for name, weight in weights.items():
+        if not weight >= 0:
+            raise ValueError(
+                f"similarity.knn.{name}_weight must be >= 0, got {weight!r}"
+            )
+    if not any(weights.values()):
+        return []
     if query != "discriminative":
         raise ValueError(
-            "similarity.knn.colour_weight > 0 needs query: discriminative "
-            f"(got {query!r}); set colour_weight: 0 for {query!r}"
+            "similarity.knn.colour_weight and object_weight > 0 need query: "
+            f"discriminative (got {query!r}); set both to 0 for {query!r}"
         )
-    bins = int((params.get("novelty") or {}).get("colour_bins", 8))
-    histograms = ColourHistograms(bins)
     store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
-    embed_frame(
-        histograms,
-        store,
-        preds[["image_id", "image_blob"]],
-        lambda blob: decode_image(lake.get_blob(blob)),
-        progress=False,
+    preds = lake.read(
+        "predictions", columns=["ts", "image_id", "image_blob", "mask_blob"]
     )
-    hist_ids, hists = store.load(histograms.backbone, histograms.weights, ids)
-    if hist_ids != ids:  # both sorted by id
-        raise RuntimeError("colour histograms and embeddings cover different images")
-    shrinkage = float(settings.get("shrinkage", 1.0))
-    return hists, QueryBackground.fit(hists, shrinkage=shrinkage), weight
+    preds = preds.sort_values("ts", kind="stable").drop_duplicates(
+        "image_id", keep="last"
+    )
+    preds = preds.set_index("image_id").loc[ids].reset_index()
+    spaces = []
+    if weights["colour"]:
+        bins = int((params.get("novelty") or {}).get("colour_bins", 8))
+        histograms = ColourHistograms(bins)
+        spaces.append(
+            (
+                "colour",
+                _stored(
+                    store,
+                    histograms,
+                    preds["image_id"],
+                    preds["image_blob"],
+                    lambda blob: decode_image(lake.get_blob(blob)),
+                ),
+                weights["colour"],
+            )
+        )
+    if weights["object"]:
+        class_map = ClassMap.from_params(classes)
+        names = tuple(classes.get("object_classes") or ()) or tuple(
+            n for n in class_map.names if n != "background"
+        )
+        profiles = ObjectProfiles(tuple(class_map.id_of(n) for n in names))
+        # Keyed by the mask blob's content address: a new prediction, a new key.
+        keys = preds["mask_blob"].map(lambda blob: Path(blob).stem)
+        spaces.append(
+            (
+                "object",
+                _stored(
+                    store,
+                    profiles,
+                    keys,
+                    preds["mask_blob"],
+                    lambda blob: decode_mask(lake.get_blob(blob)),
+                ),
+                weights["object"],
+            )
+        )
+    return spaces
+
+
+def _stored(
+    store: EmbeddingStore,
+    embedder: Any,
+    keys: pd.Series,
+    blobs: pd.Series,
+    load: Any,
+) -> np.ndarray:
+    """`embedder`'s vectors of `blobs`, in order, computed only when not stored."""
+    keys = keys.astype(str).tolist()
+    items = pd.DataFrame({"image_id": keys, "image_blob": blobs.tolist()})
+    embed_frame(embedder, store, items, load, progress=False)
+    stored, vectors = store.load(embedder.backbone, embedder.weights, keys)
+    row = {k: r for r, k in enumerate(stored)}
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise RuntimeError(f"{embedder.backbone}: no stored vector for {missing[:3]}")
+    return vectors[[row[k] for k in keys]]
 
 
 def _load(
@@ -327,12 +393,19 @@ def cluster_images(
 
 
 def find_similar(
-    lake: Lake, report: Mapping[str, Any], params: Mapping[str, Any], iteration: int
+    lake: Lake,
+    report: Mapping[str, Any],
+    params: Mapping[str, Any],
+    iteration: int,
+    classes: Mapping[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Figure]]:
     """The N unlabeled images most like each open bug's seeds (or given ids).
 
     Labeled images and the seeds themselves are left out; each candidate
     appears once per bug. A bug that gets candidates moves `open -> candidates`.
+    With `knn.colour_weight` or `knn.object_weight` > 0 the discriminative
+    query is asked in those spaces too and the answers fused
+    (`vectorindex.fused_candidates`, weighted by `knn.space_weighting`).
 
     Returns:
         (candidates with `KNN_COLUMNS`, one montage per bug: seeds then candidates)
@@ -363,7 +436,13 @@ def find_similar(
     in_pool = np.asarray([i in pool_set for i in ids], dtype=bool)
     pool_ids = [i for i, keep in zip(ids, in_pool, strict=True) if keep]
     outside_pool = set(ids) - pool_set
-    colour = _colour_space(lake, preds, params, ids, settings, query)
+    weighting = str(settings.get("space_weighting", "loo"))
+    if weighting not in WEIGHTINGS:
+        raise ValueError(
+            f"similarity.knn.space_weighting must be one of {WEIGHTINGS}, "
+            f"got {weighting!r}"
+        )
+    extra = _extra_spaces(lake, params, ids, classes)
     # A fused query scores every image exactly; a plain one searches the index.
     index = (
         VectorIndex.build(
@@ -372,15 +451,19 @@ def find_similar(
             kind=str(index_params.get("kind", "auto")),
             faiss_threshold=int(index_params.get("faiss_threshold", 50_000)),
         )
-        if colour is None
+        if not extra
         else None
     )
     # Fitted on every embedded image, so a query does not move as labels come in.
+    shrinkage = float(settings.get("shrinkage", 1.0))
     background = (
-        QueryBackground.fit(vectors, shrinkage=float(settings.get("shrinkage", 1.0)))
+        QueryBackground.fit(vectors, shrinkage=shrinkage)
         if query == "discriminative"
         else None
     )
+    backgrounds = {
+        name: QueryBackground.fit(x, shrinkage=shrinkage) for name, x, _ in extra
+    }
     frames, montages = [], {}
     blobs = preds.drop_duplicates("image_id").set_index("image_id")["image_blob"]
     for bug_id, tag, seeds in queries:
@@ -407,19 +490,30 @@ def find_similar(
                 background=background,
             )
         else:
-            assert colour is not None
-            hists, hist_background, weight = colour
             # Scored over every prediction image (fixed as labels come in),
             # searched in the pool only.
+            spaces = [QuerySpace(vectors, vectors[seed_rows], background)] + [
+                QuerySpace(x, x[seed_rows], backgrounds[name], weight)
+                for name, x, weight in extra
+            ]
             found = fused_candidates(
                 ids,
-                [
-                    QuerySpace(vectors, vectors[seed_rows], background),
-                    QuerySpace(hists, hists[seed_rows], hist_background, weight),
-                ],
+                spaces,
                 known,
                 n,
                 exclude=labeled | outside_pool,
+                weighting=weighting,
+            )
+            used = found.attrs["space_weights"]
+            log.info(
+                "%s: space weights %s",
+                bug_id,
+                ", ".join(
+                    f"{name} {w:.2f}"
+                    for name, w in zip(
+                        ["embedding", *(e[0] for e in extra)], used, strict=True
+                    )
+                ),
             )
         frames.append(found.assign(bug_id=bug_id, tag=tag)[KNN_COLUMNS])
         shown = known[:6] + found["image_id"].tolist()[: 24 - min(len(known), 6)]

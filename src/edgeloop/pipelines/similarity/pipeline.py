@@ -53,6 +53,7 @@ def knn_pipeline() -> Pipeline:
                     "embedding_report",
                     "params:similarity",
                     "params:iteration",
+                    "params:classes",
                 ],
                 outputs=["knn_candidates", "knn_montages"],
                 name="find_similar",
