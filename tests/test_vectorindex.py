@@ -538,3 +538,28 @@ def test_loo_weighting_leans_on_the_space_the_seeds_agree_in():
     assert vectorindex.loo_weight(unit(x), spaces[0]._replace(seed_vectors=x[:1])) == 1
     with pytest.raises(ValueError, match="unknown weighting 'mean'"):
         vectorindex.fused_candidates(ids, spaces, seed_ids, 5, weighting="mean")
+
+
+def test_a_space_where_the_seeds_look_like_everything_else_is_left_out():
+    """E.g. object profiles when every predicted mask is empty."""
+    x, rare = _rare_direction(seed=0)
+    ids = _ids(len(x))
+    seeds = np.flatnonzero(rare)[:5]
+    same = np.tile(np.float32([0, 0, 1]), (len(x), 1))  # one profile for all
+    spaces = [
+        vectorindex.QuerySpace(
+            x, x[seeds], vectorindex.QueryBackground.fit(x, shrinkage=0.01)
+        ),
+        vectorindex.QuerySpace(
+            same, same[seeds], vectorindex.QueryBackground.fit(same)
+        ),
+    ]
+    alone = vectorindex.fused_candidates(ids, spaces[:1], [ids[i] for i in seeds], 10)
+    for weighting in vectorindex.WEIGHTINGS:
+        out = vectorindex.fused_candidates(
+            ids, spaces, [ids[i] for i in seeds], 10, weighting=weighting
+        )
+        assert out.attrs["space_weights"][1] == 0.0
+        assert out["image_id"].tolist() == alone["image_id"].tolist()
+    with pytest.raises(ValueError, match="in every space: no direction to query"):
+        vectorindex.fused_candidates(ids, spaces[1:], [ids[i] for i in seeds], 10)

@@ -618,6 +618,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _direction(background: QueryBackground, seeds: np.ndarray) -> np.ndarray | None:
+    """The unit query direction, or None where the seeds look like the background.
+
+    E.g. object profiles when every predicted mask is empty: nothing to ask.
+    """
+    try:
+        w = background.query(seeds).astype(np.float64)
+    except ValueError as err:
+        if "no direction to query" in str(err):
+            return None
+        raise
+    return _unit(w)
+
+
 def loo_weight(x: np.ndarray, space: QuerySpace) -> float:
     """How well a space generalises across the seeds: a weight for fusing it.
 
@@ -632,9 +646,10 @@ def loo_weight(x: np.ndarray, space: QuerySpace) -> float:
         return 1.0
     scores = []
     for j in range(len(seeds)):
-        w = _unit(
-            space.background.query(np.delete(seeds, j, axis=0)).astype(np.float64)
-        )
+        w = _direction(space.background, np.delete(seeds, j, axis=0))
+        if w is None:
+            scores.append(0.0)
+            continue
         sim = x @ w
         mean, std = sim.mean(), max(float(sim.std()), 1e-12)
         scores.append((_unit(seeds[j]) @ w - mean) / std)
@@ -707,12 +722,18 @@ def fused_candidates(
         ]
         weights = adaptive if any(adaptive) else weights
     total = np.zeros(len(ids), dtype=np.float64)
-    for weight, x, space in zip(weights, units, spaces, strict=True):
-        if weight == 0:
+    for k, (x, space) in enumerate(zip(units, spaces, strict=True)):
+        w = _direction(space.background, space.seed_vectors) if weights[k] else None
+        if w is None:
+            weights[k] = 0.0  # nothing to ask in this space
             continue
-        w = space.background.query(space.seed_vectors).astype(np.float64)
-        sim = x @ _unit(w)
-        total += weight * (sim - sim.mean()) / max(float(sim.std()), 1e-12)
+        sim = x @ w
+        total += weights[k] * (sim - sim.mean()) / max(float(sim.std()), 1e-12)
+    if not any(weights):
+        raise ValueError(
+            "the seeds' mean equals the background's in every space: "
+            "no direction to query"
+        )
     rows = np.flatnonzero(eligible)
     rows = rows[np.argsort(-total[rows], kind="stable")]
     if len(rows) > n:  # keep everything tied with the n-th, then break ties by id
