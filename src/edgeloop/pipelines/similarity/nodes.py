@@ -520,9 +520,10 @@ def find_similar(
         montages[f"{bug_id}.png"] = montage(
             _thumbs(lake, blobs, shown),
             title=f"{bug_id} ({tag}): {min(len(known), 6)} seed(s), then nearest first",
+            # A fused query's "distance" is minus its summed z-score: show the score.
             captions=["seed"] * min(len(known), 6)
             + [
-                f"{d:.3f}"
+                f"{d:.3f}" if index is not None else f"score {-d:.1f}"
                 for d in found["distance"].tolist()[: len(shown) - min(len(known), 6)]
             ],
         )
