@@ -255,7 +255,8 @@ def retrieval_table(
     """Runs `retrieve` for every condition and prints one markdown table.
 
     The lift and the target judge what the pipeline's KNN does: the fused
-    CNN + colour query when `fused(args)`, else the CNN query alone.
+    query (embedding, colour, object profiles) when `fused(args)`, else the
+    CNN query alone.
     """
     results = []
     judged = "fused" if fused(args) else "CNN"
@@ -325,7 +326,7 @@ def retrieval_table(
     return results
 
 
-Indexes = dict[str, tuple[VectorIndex, np.ndarray, QueryBackground | None]]
+Indexes = dict[str, tuple[VectorIndex | None, np.ndarray, QueryBackground | None]]
 
 
 def build_indexes(
@@ -351,7 +352,8 @@ def build_indexes(
 
     out = {"cnn": one(vectors), "hist": one(hists)}
     if objects is not None and args.object_weight > 0:
-        out["objects"] = (None, objects, one(objects)[2])
+        background = QueryBackground.fit(objects, shrinkage=args.shrinkage)
+        out["objects"] = (None, objects, background)
     return out
 
 
