@@ -169,20 +169,19 @@ def score_novelty(
     # Histograms are stored like embeddings: each image is decoded once.
     histograms = ColourHistograms(bins)
     store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
-    embed_frame(
-        histograms,
-        store,
-        pd.concat([preds[["image_id", "image_blob"]], reference]),
-        lambda blob: decode_image(lake.get_blob(blob)),
-        progress=False,
-    )
-    hist_ids, hists = store.load(histograms.backbone, histograms.weights, ids)
-    ref_hist_ids, ref_hists = store.load(
-        histograms.backbone, histograms.weights, ref_ids
-    )
-    if hist_ids != ids or ref_hist_ids != ref_ids:  # both sorted by id
-        raise RuntimeError("colour histograms and embeddings cover different images")
-    frame = novelty_frame(ids, vectors, ref_vectors, hists, ref_hists, k=k)
+    blobs = pd.concat([preds[["image_id", "image_blob"]], reference])
+    blobs = blobs.drop_duplicates("image_id").set_index("image_id")["image_blob"]
+
+    def stored(keys: list[str]) -> np.ndarray:
+        return _stored(
+            store,
+            histograms,
+            pd.Series(keys),
+            blobs.loc[keys],
+            lambda blob: decode_image(lake.get_blob(blob)),
+        )
+
+    frame = novelty_frame(ids, vectors, ref_vectors, stored(ids), stored(ref_ids), k=k)
     log.info(
         "novelty: %d images against %d labelled (k=%d, %d colour bins)",
         len(frame),
