@@ -195,10 +195,10 @@ def test_knn_space_weights_are_checked_before_anything_is_read():
         return {"knn": {"query": "discriminative", **settings}}
 
     off = knn(colour_weight=0, object_weight=0, query="nearest_seed")
-    assert _extra_spaces(None, off, [], {}) == []
+    assert _extra_spaces(None, None, off, [], {}) == []
     with pytest.raises(ValueError, match="colour_weight must be >= 0, got -1.0"):
-        _extra_spaces(None, knn(colour_weight=-1), [], {})
+        _extra_spaces(None, None, knn(colour_weight=-1), [], {})
     with pytest.raises(ValueError, match="object_weight must be >= 0, got -2.0"):
-        _extra_spaces(None, knn(object_weight=-2), [], {})
-    with pytest.raises(ValueError, match="need query: discriminative"):
-        _extra_spaces(None, knn(query="nearest_seed"), [], {})  # default weights 1
+        _extra_spaces(None, None, knn(object_weight=-2), [], {})
+    with pytest.raises(ValueError, match="need query: discriminative"):  # weights 1
+        _extra_spaces(None, None, knn(query="nearest_seed"), [], {})

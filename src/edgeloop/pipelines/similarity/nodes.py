@@ -64,6 +64,7 @@ def _predictions(lake: Lake) -> pd.DataFrame:
             "ts",
             "image_id",
             "image_blob",
+            "mask_blob",
             "mean_max_prob",
             "mean_entropy",
             "mean_margin",
@@ -194,11 +195,15 @@ def score_novelty(
 
 def _extra_spaces(
     lake: Lake,
+    preds: pd.DataFrame,
     params: Mapping[str, Any],
     ids: list[str],
     classes: Mapping[str, Any],
 ) -> list[tuple[str, np.ndarray, float]]:
     """The spaces KNN fuses with the embedding: (name, vectors of `ids`, weight).
+
+    `preds` are the lake's predictions (`_predictions`); each image's latest
+    one gives its predicted mask.
 
     - `knn.colour_weight` > 0: joint RGB histograms of the images (the
       novelty's, in the embedding store; computed there if missing);
@@ -227,9 +232,6 @@ def _extra_spaces(
             f"discriminative (got {query!r}); set both to 0 for {query!r}"
         )
     store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
-    preds = lake.read(
-        "predictions", columns=["ts", "image_id", "image_blob", "mask_blob"]
-    )
     preds = preds.sort_values("ts", kind="stable").drop_duplicates(
         "image_id", keep="last"
     )
@@ -441,7 +443,7 @@ def find_similar(
             f"similarity.knn.space_weighting must be one of {WEIGHTINGS}, "
             f"got {weighting!r}"
         )
-    extra = _extra_spaces(lake, params, ids, classes)
+    extra = _extra_spaces(lake, preds, params, ids, classes)
     # A fused query scores every image exactly; a plain one searches the index.
     index = (
         VectorIndex.build(
