@@ -101,14 +101,34 @@ def test_summary_records_delta_versions():
 
 
 def test_slicing_pipeline_on_an_in_memory_catalog(tmp_path):
+    import torch
+
+    from edgeloop.lake import Lake
+    from edgeloop.registry import ModelRecord, TrainedModel, register_model
+
     images = pd.DataFrame({"image_id": ["a", "b", "c"], "split": ["test", None, None]})
+    # Iteration 0's model was rejected for regressing on cond:day.
+    lake = Lake(str(tmp_path / "lake"))
+    rejected = TrainedModel(
+        {"w": torch.zeros(1)}, {"iteration": 0, "architecture": "unet_resnet18"}
+    )
+    gate = {"comparisons": [{"slice": "cond:day", "regressed": True}]}
+    register_model(
+        lake,
+        ModelRecord(rejected, {"gate": gate}, "miou", 0.1, {}, False, "regressed"),
+    )
     catalog = DataCatalog(
         {
+            "lake": MemoryDataset(lake, copy_mode="assign"),
+            "lake_models": MemoryDataset(lake.read("models")),
             "lake_images": MemoryDataset(images),
             "lake_labels": MemoryDataset(_lake_labels()),
             "params:iteration": MemoryDataset(1),
             "params:classes": MemoryDataset(CLASSES),
-            "params:slicing": MemoryDataset({}),
+            # b is first labelled at iteration 1: new data, all to train.
+            "params:slicing": MemoryDataset(
+                {"splits": {"new_data_ratios": {"train": 1.0}}}
+            ),
             # A bug tagged `day` makes the slice edge:day.
             "lake_edge_cases": MemoryDataset(
                 update_edge_cases(
@@ -146,9 +166,13 @@ def test_slicing_pipeline_on_an_in_memory_catalog(tmp_path):
         "iter:0",
         "size:large",
     }
-    weights = catalog.load("sampling_weights")
+    weights = catalog.load("sampling_weights").set_index("image_id")
     train = sorted(splits.index[splits["split"] == "train"])
-    assert sorted(weights["image_id"]) == train
+    assert sorted(weights.index) == train
+    # Every labelled image is a day image: the rejection boosts each one.
+    assert set(slices.loc[slices["slice"] == "cond:day", "image_id"]) >= set(train)
+    assert train == ["b"] and set(weights["boost"]) == {2.0}
+    assert set(weights["boosted_by"]) == {"cond:day"}
     summary = result["slicing_summary"].load()
     assert summary["splits"] == splits["split"].value_counts().sort_index().to_dict()
 
@@ -201,3 +225,24 @@ def test_refit_decay_keeps_or_stretches_the_trial_gamma(monkeypatch, decay, gamm
     assert seen["config"].epochs == 45
     assert seen["config"].lr_gamma == pytest.approx(gamma)
     assert model.metadata["hyperparameters"]["lr_gamma"] == pytest.approx(gamma)
+
+
+def test_the_card_says_which_slices_the_last_rejection_boosted():
+    from edgeloop.pipelines.evaluation.nodes import _regression_boost
+
+    weights = pd.DataFrame(
+        {
+            "image_id": list("abc"),
+            "weight": [0.5, 1.25, 1.25],
+            "boost": [1.0, 2.0, 2.0],
+            "boosted_by": ["", "cond:night", "cond:night,edge:night"],
+        }
+    )
+    assert _regression_boost(weights) == {
+        "slices": ["cond:night", "edge:night"],
+        "factor": 2.0,
+        "train_images": 2,
+    }
+    assert _regression_boost(weights.assign(boost=1.0)) is None
+    assert _regression_boost(weights.drop(columns="boost")) is None  # older runs
+    assert _regression_boost(None) is None

@@ -149,3 +149,34 @@ def test_sampling_weights_favour_rare_slices():
     assert w["weight"].mean() == pytest.approx(1.0)
     uniform = SlicingConfig(sampling_scheme="uniform")
     assert set(sampling_weights(slices, splits, uniform)["weight"]) == {1.0}
+
+
+def test_sampling_weights_boost_the_slices_the_last_gate_saw_regress():
+    slices = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d", "d", "e"],
+            "slice": ["class:x", "class:x", "class:x", "class:x", "cond:night", "x"],
+        }
+    )
+    splits = pd.DataFrame(
+        {"image_id": list("abcde"), "split": ["train"] * 4 + ["test"]}
+    )
+    plain = sampling_weights(slices, splits, CFG).set_index("image_id")
+    assert set(plain["boost"]) == {1.0} and set(plain["boosted_by"]) == {""}
+    w = sampling_weights(slices, splits, CFG, ["cond:night", "size:small"])
+    w = w.set_index("image_id")
+    assert list(w.index) == list("abcd")  # test images get no weight
+    assert w.loc["d", "boost"] == CFG.regressed_boost == 2.0
+    assert w.loc["d", "boosted_by"] == "cond:night"
+    assert w.loc["a", "boosted_by"] == ""
+    # night was 4x rarer, now also boosted 2x: d weighs 8x the others.
+    assert w.loc["d", "weight"] == pytest.approx(8 * w.loc["a", "weight"])
+    assert w["weight"].mean() == pytest.approx(1.0)
+    # A uniform scheme still boosts; a boost of 1 is off.
+    uniform = SlicingConfig(sampling_scheme="uniform")
+    u = sampling_weights(slices, splits, uniform, ["cond:night"]).set_index("image_id")
+    assert u.loc["d", "weight"] == pytest.approx(2 * u.loc["a", "weight"])
+    off = SlicingConfig(sampling_scheme="uniform", regressed_boost=1.0)
+    assert set(sampling_weights(slices, splits, off, ["cond:night"])["weight"]) == {1.0}
+    with pytest.raises(ValueError, match="regressed_boost must be a number >= 1"):
+        SlicingConfig.from_params({"sampling": {"regressed_boost": 0.5}})

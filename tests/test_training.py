@@ -13,6 +13,7 @@ from edgeloop.registry import (
     ModelRecord,
     TrainedModel,
     best_so_far,
+    last_rejection,
     load_model,
     promoted_row,
     register_model,
@@ -194,18 +195,38 @@ def test_registry_promoted_row_best_so_far_and_round_trip(tmp_path):
             model, {"a": 1}, "miou", 0.7, {"all": 0.7, "x": 0.5}, True, "first"
         ),
     )
+    assert last_rejection(lake, lake.read("models"), 1) == (None, [])  # promoted
     meta2 = {**model.metadata, "iteration": 1}
     other = TrainedModel(model.state_dict, meta2)
+    gate = {
+        "promoted": False,
+        "comparisons": [
+            {"slice": "cond:night", "regressed": True},
+            {"slice": "all", "regressed": False},
+            {"slice": "class:x", "regressed": True},
+        ],
+    }
     register_model(
         lake,
         ModelRecord(
-            other, {"a": 2}, "miou", 0.6, {"all": 0.6, "x": 0.8}, False, "worse"
+            other,
+            {"a": 2, "gate": gate},
+            "miou",
+            0.6,
+            {"all": 0.6, "x": 0.8},
+            False,
+            "worse",
         ),
     )
     models = lake.read("models")
     row = promoted_row(models)
     assert row["model_version"] == model.version
     assert best_so_far(models) == {"all": 0.7, "x": 0.5}  # only promoted rows count
+    # The last gate (iteration 1) rejected `other`: iteration 2 hears why,
+    # iteration 1 itself (a re-run) only sees iteration 0's promotion.
+    assert last_rejection(lake, models, 2) == (other.version, ["class:x", "cond:night"])
+    assert last_rejection(lake, models, 1) == (None, [])
+    assert last_rejection(lake, models.iloc[:0], 5) == (None, [])
     loaded = load_model(lake, row)
     assert loaded.weights_hash == model.weights_hash
     assert len(pd.unique(models["model_version"])) == 2

@@ -142,6 +142,14 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         *[f"| {s} | {n} |" for s, n in td["train_slices"].items()],
         "",
     ]
+    boost = td.get("regression_boost")
+    if boost:
+        lines += [
+            f"The last gate rejected a model for regressing on "
+            f"{', '.join(boost['slices'])}: their {boost['train_images']} train "
+            f"images weighed {boost['factor']:g}x in this training.",
+            "",
+        ]
     ed = card["evaluation_data"]
     lines += [
         "## Evaluation data",

@@ -139,6 +139,28 @@ def load_model(lake: Lake, row: Mapping[str, Any]) -> TrainedModel:
     return TrainedModel(state_dict=state, metadata=json.loads(row["metadata_json"]))
 
 
+def last_rejection(
+    lake: Lake, models: pd.DataFrame, iteration: int
+) -> tuple[str | None, list[str]]:
+    """The slices the last gate before `iteration` found regressed.
+
+    The last registered model of an earlier iteration is the gate's latest
+    decision. If it was rejected, its card (a lake blob) holds the gate's
+    comparisons; returns (its model_version, its regressed slices, sorted).
+    Otherwise (promoted, or nothing registered yet) returns (None, []).
+    """
+    earlier = models[models["iteration"] < int(iteration)] if len(models) else models
+    if earlier.empty:
+        return None, []
+    last = earlier.sort_values(["iteration", "created_at"]).iloc[-1]
+    if bool(last["promoted"]):
+        return None, []
+    card = json.loads(lake.get_blob(last["card_uri"]))
+    comparisons = (card.get("gate") or {}).get("comparisons") or []
+    regressed = sorted({c["slice"] for c in comparisons if c.get("regressed")})
+    return str(last["model_version"]), regressed
+
+
 def best_so_far(models: pd.DataFrame) -> dict[str, float]:
     """Each slice's best score among promoted models: the drift baseline."""
     best: dict[str, float] = {}

@@ -8,7 +8,7 @@ for later). Each family below is one predicate with its docstring.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,9 @@ class SlicingConfig:
     sampling_scheme: str = "inverse_frequency"
     sampling_by: tuple[str, ...] = ("class", "cond")
     max_weight: float = 10.0
+    # Train images of the slices the last gate found regressed weigh this many
+    # times more in the next training (1: no boost).
+    regressed_boost: float = 2.0
     # The bugs the `edge:` family is built from: (tag, seed image ids) each.
     # Not a parameter: the slicing node fills it from the `edge_cases` table.
     edge_cases: tuple[tuple[str, frozenset[str]], ...] = ()
@@ -88,6 +91,15 @@ class SlicingConfig:
                 f"slicing.sampling.scheme {scheme!r} is not one of "
                 f"{list(SAMPLING_SCHEMES)}"
             )
+        boost = sampling.get("regressed_boost", cls.regressed_boost)
+        if (
+            isinstance(boost, bool)
+            or not isinstance(boost, int | float)
+            or not (1.0 <= boost < float("inf"))
+        ):
+            raise ValueError(
+                f"slicing.sampling.regressed_boost must be a number >= 1, got {boost!r}"
+            )
         return cls(
             families=families,
             size_buckets=buckets,
@@ -98,6 +110,7 @@ class SlicingConfig:
             sampling_scheme=scheme,
             sampling_by=tuple(sampling.get("by", cls.sampling_by)),
             max_weight=float(sampling.get("max_weight", cls.max_weight)),
+            regressed_boost=float(boost),
         )
 
 
@@ -281,20 +294,30 @@ def class_balance(
 
 
 def sampling_weights(
-    slices: pd.DataFrame, splits: pd.DataFrame, cfg: SlicingConfig
+    slices: pd.DataFrame,
+    splits: pd.DataFrame,
+    cfg: SlicingConfig,
+    regressed: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Per-image training weights: (N / n_slice) ** alpha of the rarest slice.
 
     Only train images get weights; the weights average 1 and are clipped to
     `max_weight`, so one rare image cannot dominate an epoch.
+
+    `regressed` names the slices the last gate found regressed (any family):
+    their train images weigh `cfg.regressed_boost` times more, so the next
+    model rehearses what the rejected one forgot. Columns: image_id, weight,
+    rarest_slice, boost (1 or the factor) and boosted_by (the image's
+    regressed slices, comma-separated, or "").
     """
     alpha = SAMPLING_SCHEMES[cfg.sampling_scheme]
     train = splits.loc[splits["split"] == "train", ["image_id"]]
-    out = train.assign(weight=1.0, rarest_slice="all")
+    out = train.assign(weight=1.0, rarest_slice="all", boost=1.0, boosted_by="")
     if train.empty:
         return out.reset_index(drop=True)
+    in_train = slices["image_id"].isin(train["image_id"])
     fam = slices["slice"].str.split(":", n=1).str[0]
-    sl = slices[fam.isin(cfg.sampling_by) & slices["image_id"].isin(train["image_id"])]
+    sl = slices[fam.isin(cfg.sampling_by) & in_train]
     if alpha > 0 and not sl.empty:
         counts = sl["slice"].value_counts()
         sl = sl.assign(w=(len(train) / sl["slice"].map(counts)) ** alpha)
@@ -304,6 +327,14 @@ def sampling_weights(
         out["rarest_slice"] = (
             out["image_id"].map(best["slice"]).fillna("all").to_numpy()
         )
+    hit = slices[in_train & slices["slice"].isin(list(regressed))]
+    if cfg.regressed_boost > 1.0 and not hit.empty:
+        names = hit.sort_values("slice").groupby("image_id")["slice"].agg(",".join)
+        boosted = out["image_id"].isin(names.index).to_numpy()
+        out.loc[boosted, "boost"] = cfg.regressed_boost
+        out["boosted_by"] = out["image_id"].map(names).fillna("").to_numpy()
+        out["weight"] = out["weight"] * out["boost"]
+    if (out["weight"] != 1.0).any():
         out["weight"] = out["weight"] / out["weight"].mean()
         out["weight"] = out["weight"].clip(upper=cfg.max_weight)
         out["weight"] = out["weight"] / out["weight"].mean()

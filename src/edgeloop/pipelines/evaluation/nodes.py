@@ -291,6 +291,18 @@ def _first_set(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _regression_boost(weights: pd.DataFrame | None) -> dict[str, Any] | None:
+    """Which train images weighed more because the last gate saw them regress."""
+    if weights is None or "boost" not in weights or not (weights["boost"] > 1).any():
+        return None
+    boosted = weights[weights["boost"] > 1]
+    return {
+        "slices": sorted(set(",".join(boosted["boosted_by"]).split(","))),
+        "factor": float(boosted["boost"].max()),
+        "train_images": len(boosted),
+    }
+
+
 def write_model_card(
     trained_model: TrainedModel,
     promoted: PromotedModel,
@@ -308,6 +320,7 @@ def write_model_card(
     evaluation: dict[str, Any],
     bug_report: list[dict[str, Any]],
     annotation_import_report: dict[str, Any],
+    sampling_weights: pd.DataFrame | None = None,
 ) -> tuple[dict[str, Any], str]:
     """The model card, JSON and Markdown, rendered from the saved results."""
     meta = trained_model.metadata
@@ -359,6 +372,7 @@ def write_model_card(
             "by_origin": _value_counts(labels["origin"]),
             "added_this_iteration": int((labels["first_iteration"] == iteration).sum()),
             "train_slices": _value_counts(train_slices["slice"]),
+            "regression_boost": _regression_boost(sampling_weights),
         },
         "evaluation_data": {
             "gate_split": "test",

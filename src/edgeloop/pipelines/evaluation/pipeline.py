@@ -107,6 +107,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:evaluation",
                     "bug_report",
                     "annotation_import_report",
+                    "sampling_weights",
                 ],
                 outputs=["model_card_json", "model_card_md"],
                 name="write_model_card",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from edgeloop.classmap import ClassMap  # noqa: E402
-from edgeloop.lake import labels_at_iteration  # noqa: E402
+from edgeloop.lake import Lake, labels_at_iteration  # noqa: E402
+from edgeloop.registry import last_rejection  # noqa: E402
 from edgeloop.review_tasks import current_bugs  # noqa: E402
 from edgeloop.slicing import (  # noqa: E402
     SlicingConfig,
@@ -21,6 +23,8 @@ from edgeloop.slicing import (  # noqa: E402
     class_balance,
     sampling_weights,
 )
+
+log = logging.getLogger(__name__)
 
 
 def resolve_labels(lake_labels: pd.DataFrame, iteration: int) -> pd.DataFrame:
@@ -77,10 +81,32 @@ def report_class_balance(
 
 
 def compute_sampling_weights(
-    slices: pd.DataFrame, splits: pd.DataFrame, slicing: dict[str, Any]
+    slices: pd.DataFrame,
+    splits: pd.DataFrame,
+    slicing: dict[str, Any],
+    lake: Lake,
+    lake_models: pd.DataFrame,
+    iteration: int,
 ) -> pd.DataFrame:
-    """Training sampling weights so rare classes and conditions are seen."""
-    return sampling_weights(slices, splits, SlicingConfig.from_params(slicing))
+    """Training sampling weights so rare classes and conditions are seen.
+
+    If the last gate rejected its model, the train images of the slices it
+    found regressed weigh `slicing.sampling.regressed_boost` times more, so
+    this iteration's model rehearses what that one forgot.
+    """
+    cfg = SlicingConfig.from_params(slicing)
+    rejected, regressed = last_rejection(lake, lake_models, int(iteration))
+    weights = sampling_weights(slices, splits, cfg, regressed)
+    if regressed:
+        n = int((weights["boost"] > 1.0).sum())
+        log.info(
+            "the last gate rejected %s for %s: their %d train images weigh %gx",
+            rejected,
+            ", ".join(regressed),
+            n,
+            cfg.regressed_boost,
+        )
+    return weights
 
 
 def summarise_slicing(

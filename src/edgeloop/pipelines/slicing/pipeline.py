@@ -46,7 +46,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 compute_sampling_weights,
-                inputs=["slices", "splits", "params:slicing"],
+                inputs=[
+                    "slices",
+                    "splits",
+                    "params:slicing",
+                    "lake",
+                    "lake_models",
+                    "params:iteration",
+                ],
                 outputs="sampling_weights",
                 name="compute_sampling_weights",
             ),
