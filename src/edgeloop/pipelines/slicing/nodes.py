@@ -100,11 +100,14 @@ def compute_sampling_weights(
     if regressed:
         n = int((weights["boost"] > 1.0).sum())
         log.info(
-            "the last gate rejected %s for %s: their %d train images weigh %gx",
+            "the last gate rejected %s for %s: %d of the %d train images are in "
+            "them and weigh %gx%s",
             rejected,
             ", ".join(regressed),
             n,
+            len(weights),
             cfg.regressed_boost,
+            " (all of them: no change)" if n == len(weights) else "",
         )
     return weights
 
