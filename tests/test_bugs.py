@@ -9,7 +9,12 @@ from test_slicing import _labels
 from edgeloop.classmap import ClassMap
 from edgeloop.lake import Lake
 from edgeloop.pipelines.evaluation.nodes import track_bugs
-from edgeloop.review_tasks import advance_status, current_bugs, update_edge_cases
+from edgeloop.review_tasks import (
+    advance_status,
+    current_bugs,
+    reopen_bugs,
+    update_edge_cases,
+)
 from edgeloop.slicing import SlicingConfig, build_slices
 
 CM = ClassMap.from_params(
@@ -150,3 +155,74 @@ def test_no_bugs_no_report(tmp_path):
         == []
     )
     assert lake.version("edge_cases") is None
+
+
+def _regressed_on_night():
+    return {
+        "promoted": False,
+        "comparisons": [
+            {"slice": "all", "regressed": False},
+            {"slice": "cond:night", "regressed": True},
+            {"slice": "edge:night", "regressed": True},
+        ],
+    }
+
+
+def test_a_regression_on_a_bug_slice_reopens_the_bug(tmp_path):
+    lake = _lake_with_candidates(tmp_path)
+    slices, labels, metrics = _inputs(0.2, 1)
+    # Iteration 1: labelled and improved, promoted: fixed.
+    track_bugs(
+        lake, lake.read("edge_cases"), {"promoted": True}, metrics, slices, labels, 1
+    )
+    assert current_bugs(lake.read("edge_cases")).iloc[0]["status"] == "fixed"
+    # Iteration 2's model loses the night slice: the gate rejects it, and the
+    # night bug opens again with the old bug's seeds.
+    slices, labels, metrics = _inputs(-0.06, 1)
+    report = track_bugs(
+        lake,
+        lake.read("edge_cases"),
+        _regressed_on_night(),
+        metrics,
+        slices,
+        labels,
+        2,
+    )
+    bugs = current_bugs(lake.read("edge_cases")).set_index("bug_id")
+    assert bugs.loc["bug-night-0", "status"] == "fixed"
+    assert bugs.loc["bug-night-2", "status"] == "open"
+    assert list(bugs.loc["bug-night-2", "seed_image_ids"]) == ["seed1"]
+    assert bugs.loc["bug-night-2", "opened_iteration"] == 2
+    (row,) = [r for r in report if r["bug_id"] == "bug-night-2"]
+    assert (row["status_before"], row["status"]) == ("regressed", "open")
+    assert row["delta"] == pytest.approx(-0.06)
+    # The same verdict again opens nothing more: the new bug is live.
+    again = track_bugs(
+        lake,
+        lake.read("edge_cases"),
+        _regressed_on_night(),
+        metrics,
+        slices,
+        labels,
+        2,
+    )
+    assert [r["bug_id"] for r in again] == ["bug-night-0", "bug-night-2"]
+    assert len(lake.read("edge_cases")) == 5  # open, candidates, labelled, fixed, open
+
+
+def test_reopen_bugs_skips_live_bugs_and_rejects_unknown_tags():
+    verdicts = pd.DataFrame(
+        {
+            "verdict_id": ["v1"],
+            "request_id": ["r1"],
+            "image_id": ["seed1"],
+            "verdict": ["bug"],
+            "tags": [["night"]],
+            "ts": [T0],
+        }
+    )
+    opened = update_edge_cases(None, verdicts, iteration=0, now=T0)
+    # Still looking for candidates: nothing to reopen.
+    assert reopen_bugs(opened, ["night"], iteration=1, now=T0).empty
+    with pytest.raises(ValueError, match="no bug was ever tagged 'glare'"):
+        reopen_bugs(opened, ["glare"], iteration=1, now=T0)

@@ -6,7 +6,8 @@
   tasks set aside in a quarantine frame; a malicious file raises
   `ReviewImportError` and nothing is returned.
 - `update_edge_cases`, `current_bugs`, `advance_status`: the append-only bugs log
-  (open -> candidates -> labelled -> fixed).
+  (open -> candidates -> labelled -> fixed); `reopen_bugs` opens a tag's bug
+  again when a model regresses on its `edge:` slice.
 
 All pure functions over frames and dicts; the pipelines do the I/O.
 """
@@ -47,6 +48,7 @@ __all__ = [
     "advance_status",
     "current_bugs",
     "parse_review_export",
+    "reopen_bugs",
     "review_labeling_config",
     "review_tasks",
     "update_edge_cases",
@@ -509,14 +511,54 @@ def update_edge_cases(
                     )
                 )
             continue
-        bug_id, n = f"bug-{tag}-{int(iteration)}", 1
-        while (bugs["bug_id"] == bug_id).any():  # reopened in the same iteration
-            n += 1
-            bug_id = f"bug-{tag}-{int(iteration)}-{n}"
-        bug = {"bug_id": bug_id, "tag": tag, "opened_iteration": int(iteration)}
+        bug = _new_bug(bugs, tag, iteration)
         events.append(
             _event(bug, 1, status="open", seeds=list(seeds_by_tag[tag]), now=now)
         )
+    return pd.DataFrame(events, columns=BUG_COLUMNS) if events else _empty_bugs()
+
+
+def _new_bug(bugs: pd.DataFrame, tag: str, iteration: int) -> dict[str, Any]:
+    """A fresh bug_id for `tag` opened at `iteration`: bug-<tag>-<iteration>[-n]."""
+    bug_id, n = f"bug-{tag}-{int(iteration)}", 1
+    while (bugs["bug_id"] == bug_id).any():  # reopened in the same iteration
+        n += 1
+        bug_id = f"bug-{tag}-{int(iteration)}-{n}"
+    return {"bug_id": bug_id, "tag": tag, "opened_iteration": int(iteration)}
+
+
+def reopen_bugs(
+    bugs: pd.DataFrame | None, tags: Sequence[str], *, iteration: int, now: Any
+) -> pd.DataFrame:
+    """Opens a bug again for each tag whose `edge:<tag>` slice a model regressed on.
+
+    The gate caught the regression; reopening is how the loop acts on it. A
+    tag that still has a bug looking for candidates (`open` or `candidates`)
+    needs nothing. Otherwise a new bug `bug-<tag>-<iteration>` opens with the
+    seeds of every earlier bug of that tag, so the next similarity run queries
+    its nearest neighbours again and acquisition sends more images like them
+    to labeling.
+
+    Returns:
+        The new `open` events (BUG_COLUMNS), one per reopened tag.
+
+    Raises:
+        ValueError: a tag no bug ever had.
+    """
+    bugs = _check_bugs(bugs)
+    current = current_bugs(bugs)
+    events = []
+    for tag in sorted(set(tags)):
+        mine = current[current["tag"] == tag]
+        if mine.empty:
+            raise ValueError(
+                f"no bug was ever tagged {tag!r}; tags: {sorted(set(current['tag']))}"
+            )
+        if mine["status"].isin(("open", "candidates")).any():
+            continue
+        seeds = {str(s) for group in mine["seed_image_ids"] for s in as_list(group)}
+        bug = _new_bug(bugs, tag, iteration)
+        events.append(_event(bug, 1, status="open", seeds=sorted(seeds), now=now))
     return pd.DataFrame(events, columns=BUG_COLUMNS) if events else _empty_bugs()
 
 

@@ -35,7 +35,11 @@ from edgeloop.metrics import (  # noqa: E402
 )
 from edgeloop.pipelines.training.nodes import PromotedModel  # noqa: E402
 from edgeloop.registry import ModelRecord, TrainedModel, best_so_far  # noqa: E402
-from edgeloop.review_tasks import advance_status, current_bugs  # noqa: E402
+from edgeloop.review_tasks import (  # noqa: E402
+    advance_status,
+    current_bugs,
+    reopen_bugs,
+)
 from edgeloop.training import ModelInput  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -487,6 +491,19 @@ def register_trained_model(
 # -- edge cases (bugs) --------------------------------------------------------------
 
 
+def _edge_slice(test: pd.DataFrame, name: str) -> dict[str, Any]:
+    """A bug's `edge:` test slice for the report: n, before, after and delta."""
+    row = test.loc[name] if name in test.index else None
+    return {
+        "slice": name,
+        "n_images": None if row is None else int(row["n_images"]),
+        "insufficient": None if row is None else bool(row["insufficient"]),
+        "before": None if row is None else row["old"],
+        "after": None if row is None else row["new"],
+        "delta": None if row is None else row["delta"],
+    }
+
+
 def track_bugs(
     lake: Lake,
     edge_cases: pd.DataFrame,
@@ -502,6 +519,10 @@ def track_bugs(
       labelled after the bug was opened (its candidates came back labelled).
     - `labelled -> fixed`: the gate promoted this model, and its test
       `edge:<tag>` slice is sufficient and improved on the promoted model.
+    - reopened: the gate rejected this model for regressing on `edge:<tag>`,
+      and no bug of that tag is looking for candidates: a new bug of the tag
+      opens with the earlier bugs' seeds (`reopen_bugs`), so the next
+      iteration's KNN and acquisition fetch more images like them.
 
     Returns:
         One row per bug (bug_id, tag, status before and after, and the test
@@ -554,14 +575,33 @@ def track_bugs(
                 "status": steps[-1] if steps else status,
                 "seeds": len(bug.seed_image_ids),
                 "labelled_since_opened": new_labels,
-                "slice": name,
-                "n_images": None if row is None else int(row["n_images"]),
-                "insufficient": None if row is None else bool(row["insufficient"]),
-                "before": None if row is None else row["old"],
-                "after": None if row is None else row["new"],
-                "delta": None if row is None else row["delta"],
+                **_edge_slice(test, name),
             }
         )
+    regressed = {
+        str(c["slice"]).split(":", 1)[1]
+        for c in gate_verdict.get("comparisons") or []
+        if c.get("regressed") and str(c["slice"]).startswith("edge:")
+    }
+    if regressed and not gate_verdict.get("promoted"):
+        reopened = reopen_bugs(
+            log_so_far, sorted(regressed), iteration=iteration, now=now
+        )
+        if len(reopened):
+            events.append(reopened)
+        for bug in reopened.itertuples(index=False):
+            report.append(
+                {
+                    "bug_id": bug.bug_id,
+                    "tag": bug.tag,
+                    "opened_iteration": int(iteration),
+                    "status_before": "regressed",
+                    "status": "open",
+                    "seeds": len(bug.seed_image_ids),
+                    "labelled_since_opened": 0,
+                    **_edge_slice(test, f"edge:{bug.tag}"),
+                }
+            )
     if events:
         lake.append("edge_cases", pd.concat(events, ignore_index=True))
     log.info(
