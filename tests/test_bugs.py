@@ -210,6 +210,22 @@ def test_a_regression_on_a_bug_slice_reopens_the_bug(tmp_path):
     assert len(lake.read("edge_cases")) == 5  # open, candidates, labelled, fixed, open
 
 
+def test_a_model_worse_everywhere_reopens_no_bug(tmp_path):
+    lake = _lake_with_candidates(tmp_path)
+    slices, labels, metrics = _inputs(0.2, 1)
+    track_bugs(
+        lake, lake.read("edge_cases"), {"promoted": True}, metrics, slices, labels, 1
+    )
+    verdict = _regressed_on_night()
+    verdict["comparisons"][0]["regressed"] = True  # `all` dropped too
+    slices, labels, metrics = _inputs(-0.06, 1)
+    report = track_bugs(
+        lake, lake.read("edge_cases"), verdict, metrics, slices, labels, 2
+    )
+    assert [r["bug_id"] for r in report] == ["bug-night-0"]
+    assert len(lake.read("edge_cases")) == 4
+
+
 def test_reopen_bugs_skips_live_bugs_and_rejects_unknown_tags():
     verdicts = pd.DataFrame(
         {

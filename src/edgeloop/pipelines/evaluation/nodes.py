@@ -28,6 +28,7 @@ from edgeloop.datasets.model_input import overlay  # noqa: E402
 from edgeloop.gate import GateConfig, gate  # noqa: E402
 from edgeloop.lake import Lake  # noqa: E402
 from edgeloop.metrics import (  # noqa: E402
+    OVERALL_SLICE,
     SegmentationScores,
     evaluate_slices,
     metric_fn,
@@ -519,8 +520,9 @@ def track_bugs(
       labelled after the bug was opened (its candidates came back labelled).
     - `labelled -> fixed`: the gate promoted this model, and its test
       `edge:<tag>` slice is sufficient and improved on the promoted model.
-    - reopened: the gate rejected this model for regressing on `edge:<tag>`,
-      and no bug of that tag is looking for candidates: a new bug of the tag
+    - reopened: the gate rejected this model for regressing on `edge:<tag>`
+      (but not overall: worse everywhere is a bad run, not an edge case
+      forgotten), and no bug of that tag is looking for candidates: a new bug of the tag
       opens with the earlier bugs' seeds (`reopen_bugs`), so the next
       iteration's KNN and acquisition fetch more images like them.
 
@@ -578,12 +580,16 @@ def track_bugs(
                 **_edge_slice(test, name),
             }
         )
-    regressed = {
-        str(c["slice"]).split(":", 1)[1]
+    flagged = [
+        str(c["slice"])
         for c in gate_verdict.get("comparisons") or []
-        if c.get("regressed") and str(c["slice"]).startswith("edge:")
-    }
-    if regressed and not gate_verdict.get("promoted"):
+        if c.get("regressed")
+    ]
+    regressed = {name.split(":", 1)[1] for name in flagged if name.startswith("edge:")}
+    if regressed and OVERALL_SLICE in flagged:
+        # Worse everywhere is a bad training run, not an edge case forgotten.
+        log.info("bugs: the model regressed overall; no bug reopens")
+    elif regressed and not gate_verdict.get("promoted"):
         reopened = reopen_bugs(
             log_so_far, sorted(regressed), iteration=iteration, now=now
         )
