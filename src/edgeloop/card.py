@@ -145,9 +145,10 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     boost = td.get("regression_boost")
     if boost:
         lines += [
-            f"The last gate rejected a model for regressing on "
-            f"{', '.join(boost['slices'])}: their {boost['train_images']} train "
-            f"images weighed {boost['factor']:g}x in this training.",
+            f"The last gate rejected a model for regressions: the "
+            f"{boost['train_images']} train images of its regressed slices "
+            f"({', '.join(boost['slices'])}) weighed {boost['factor']:g}x in "
+            "this training.",
             "",
         ]
     ed = card["evaluation_data"]
