@@ -41,6 +41,7 @@ from edgeloop.review import QUEUE_COLUMNS, REVIEW_VERDICTS
 __all__ = [
     "BUG_COLUMNS",
     "BUG_STATUSES",
+    "LIVE_STATUSES",
     "MAX_TASKS",
     "QUARANTINE_COLUMNS",
     "VERDICT_COLUMNS",
@@ -75,6 +76,9 @@ VERDICT_COLUMNS = [
 ]
 QUARANTINE_COLUMNS = ["task_id", "reason"]
 BUG_STATUSES = ("open", "candidates", "labelled", "fixed")
+# A bug in these statuses is still looking for images like its seeds: the
+# similarity pipeline queries its nearest neighbours.
+LIVE_STATUSES = ("open", "candidates")
 BUG_COLUMNS = [
     "event_id",
     "bug_id",
@@ -554,7 +558,7 @@ def reopen_bugs(
             raise ValueError(
                 f"no bug was ever tagged {tag!r}; tags: {sorted(set(current['tag']))}"
             )
-        if mine["status"].isin(("open", "candidates")).any():
+        if mine["status"].isin(LIVE_STATUSES).any():
             continue
         seeds = {str(s) for group in mine["seed_image_ids"] for s in as_list(group)}
         bug = _new_bug(bugs, tag, iteration)

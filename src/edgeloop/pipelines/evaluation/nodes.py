@@ -522,9 +522,9 @@ def track_bugs(
       `edge:<tag>` slice is sufficient and improved on the promoted model.
     - reopened: the gate rejected this model for regressing on `edge:<tag>`
       (but not overall: worse everywhere is a bad run, not an edge case
-      forgotten), and no bug of that tag is looking for candidates: a new bug of the tag
-      opens with the earlier bugs' seeds (`reopen_bugs`), so the next
-      iteration's KNN and acquisition fetch more images like them.
+      forgotten), and no bug of that tag is looking for candidates: a new
+      bug of the tag opens with the earlier bugs' seeds (`reopen_bugs`), so
+      the next iteration's KNN and acquisition fetch more images like them.
 
     Returns:
         One row per bug (bug_id, tag, status before and after, and the test

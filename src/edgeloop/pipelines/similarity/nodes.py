@@ -19,7 +19,7 @@ from edgeloop.imaging import decode_image, decode_mask
 from edgeloop.lake import Lake
 from edgeloop.novelty import NOVELTY_COLUMNS, ColourHistograms, novelty_frame
 from edgeloop.registry import load_model, promoted_row
-from edgeloop.review_tasks import advance_status, current_bugs
+from edgeloop.review_tasks import LIVE_STATUSES, advance_status, current_bugs
 from edgeloop.similarity import (
     EmbeddingStore,
     embed_frame,
@@ -40,7 +40,6 @@ from edgeloop.vectorindex import (
 log = logging.getLogger(__name__)
 
 KNN_COLUMNS = ["bug_id", "tag", "image_id", "distance", "nearest_seed", "rank"]
-LIVE_STATUSES = ("open", "candidates")
 
 
 def _embedder(lake: Lake, models: pd.DataFrame, params: Mapping[str, Any]):
