@@ -227,6 +227,9 @@ def test_registry_promoted_row_best_so_far_and_round_trip(tmp_path):
     assert last_rejection(lake, models, 2) == (other.version, ["class:x", "cond:night"])
     assert last_rejection(lake, models, 1) == (None, [])
     assert last_rejection(lake, models.iloc[:0], 5) == (None, [])
+    # A card that is gone from the lake: a warning, and nothing to boost.
+    lost = models.assign(card_uri="cards/missing.json")
+    assert last_rejection(lake, lost, 2) == (other.version, [])
     loaded = load_model(lake, row)
     assert loaded.weights_hash == model.weights_hash
     assert len(pd.unique(models["model_version"])) == 2

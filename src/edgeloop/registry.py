@@ -155,7 +155,17 @@ def last_rejection(
     last = earlier.sort_values(["iteration", "created_at"]).iloc[-1]
     if bool(last["promoted"]):
         return None, []
-    card = json.loads(lake.get_blob(last["card_uri"]))
+    try:
+        card = json.loads(lake.get_blob(last["card_uri"]))
+    except (FileNotFoundError, ValueError) as err:
+        log.warning(
+            "model %s was rejected, but its card %s cannot be read (%s): "
+            "no slice is boosted",
+            last["model_version"],
+            last["card_uri"],
+            err,
+        )
+        return str(last["model_version"]), []
     comparisons = (card.get("gate") or {}).get("comparisons") or []
     regressed = sorted({c["slice"] for c in comparisons if c.get("regressed")})
     return str(last["model_version"]), regressed
