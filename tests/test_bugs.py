@@ -47,8 +47,8 @@ def test_edge_slices_come_from_bug_tags_and_seeds():
     )
 
 
-def _lake_with_candidates(tmp_path) -> Lake:
-    lake = Lake(str(tmp_path / "lake"))
+def _night_bug_opened() -> pd.DataFrame:
+    """The `open` event of bug-night-0: one review verdict flagged seed1 night."""
     verdicts = pd.DataFrame(
         {
             "verdict_id": ["v1"],
@@ -59,7 +59,12 @@ def _lake_with_candidates(tmp_path) -> Lake:
             "ts": [T0],
         }
     )
-    opened = update_edge_cases(None, verdicts, iteration=0, now=T0)
+    return update_edge_cases(None, verdicts, iteration=0, now=T0)
+
+
+def _lake_with_candidates(tmp_path) -> Lake:
+    lake = Lake(str(tmp_path / "lake"))
+    opened = _night_bug_opened()
     lake.append("edge_cases", opened)
     lake.append(
         "edge_cases",
@@ -227,17 +232,7 @@ def test_a_model_worse_everywhere_reopens_no_bug(tmp_path):
 
 
 def test_reopen_bugs_skips_live_bugs_and_rejects_unknown_tags():
-    verdicts = pd.DataFrame(
-        {
-            "verdict_id": ["v1"],
-            "request_id": ["r1"],
-            "image_id": ["seed1"],
-            "verdict": ["bug"],
-            "tags": [["night"]],
-            "ts": [T0],
-        }
-    )
-    opened = update_edge_cases(None, verdicts, iteration=0, now=T0)
+    opened = _night_bug_opened()
     # Still looking for candidates: nothing to reopen.
     assert reopen_bugs(opened, ["night"], iteration=1, now=T0).empty
     with pytest.raises(ValueError, match="no bug was ever tagged 'glare'"):
