@@ -304,6 +304,10 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._cond = threading.Condition()
+        # Held while the segment file is written, synced or swapped: the
+        # writer thread writes outside `_cond`, and `rotate()` must not close
+        # the file under it.
+        self._io_lock = threading.Lock()
         self._queue: list[bytes] = []
         self._next_seq = 0
         self._done_seq = 0
@@ -353,10 +357,11 @@ class Spool:
                 batch, self._queue = self._queue, []
                 last = self._next_seq
             try:
-                self._fh.write(b"".join(batch))
-                self._fh.flush()
-                if self.fsync:
-                    os.fsync(self._fh.fileno())
+                with self._io_lock:
+                    self._fh.write(b"".join(batch))
+                    self._fh.flush()
+                    if self.fsync:
+                        os.fsync(self._fh.fileno())
                 self.syncs += 1
             except BaseException as err:  # noqa: BLE001 - reported to every waiter
                 with self._cond:
@@ -368,11 +373,12 @@ class Spool:
                 self._cond.notify_all()
 
     def rotate(self) -> None:
-        """Closes the current segment (so it can be drained) and opens a new one."""
-        with self._cond:
-            # Wait until every queued line is written to the current segment.
-            while self._queue and self._error is None:
-                self._cond.wait(0.01)
+        """Closes the current segment (so it can be drained) and opens a new one.
+
+        Every acknowledged line is in the closed segment. A batch being written
+        finishes first; lines still queued go to the new segment.
+        """
+        with self._io_lock:
             self._fh.close()
             self._segment_no += 1
             self._fh = open(self._segment_path(self._segment_no), "ab")  # noqa: SIM115
@@ -420,7 +426,8 @@ class Spool:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
-        self._fh.close()
+        with self._io_lock:
+            self._fh.close()
 
 
 class PredictionLog:
