@@ -184,15 +184,19 @@ def test_a_regression_on_a_bug_slice_reopens_the_bug(tmp_path):
     # Iteration 2's model loses the night slice: the gate rejects it, and the
     # night bug opens again with the old bug's seeds.
     slices, labels, metrics = _inputs(-0.06, 1)
-    report = track_bugs(
-        lake,
-        lake.read("edge_cases"),
-        _regressed_on_night(),
-        metrics,
-        slices,
-        labels,
-        2,
-    )
+
+    def reject_at_iteration_2() -> list[dict]:
+        return track_bugs(
+            lake,
+            lake.read("edge_cases"),
+            _regressed_on_night(),
+            metrics,
+            slices,
+            labels,
+            2,
+        )
+
+    report = reject_at_iteration_2()
     bugs = current_bugs(lake.read("edge_cases")).set_index("bug_id")
     assert bugs.loc["bug-night-0", "status"] == "fixed"
     assert bugs.loc["bug-night-2", "status"] == "open"
@@ -202,15 +206,7 @@ def test_a_regression_on_a_bug_slice_reopens_the_bug(tmp_path):
     assert (row["status_before"], row["status"]) == ("regressed", "open")
     assert row["delta"] == pytest.approx(-0.06)
     # The same verdict again opens nothing more: the new bug is live.
-    again = track_bugs(
-        lake,
-        lake.read("edge_cases"),
-        _regressed_on_night(),
-        metrics,
-        slices,
-        labels,
-        2,
-    )
+    again = reject_at_iteration_2()
     assert [r["bug_id"] for r in again] == ["bug-night-0", "bug-night-2"]
     assert len(lake.read("edge_cases")) == 5  # open, candidates, labelled, fixed, open
 
