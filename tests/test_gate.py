@@ -17,6 +17,7 @@ from edgeloop.gate import (
     bootstrap_scores,
     gate,
     paired_bootstrap,
+    regressed_slices,
 )
 from edgeloop.metrics import evaluate_slices, metric_fn, per_image_confusion
 
@@ -189,6 +190,11 @@ def test_model_worse_on_one_slice_is_rejected_naming_it() -> None:
     assert any(r.startswith("slice cond:night dropped") for r in v.reasons)
     assert any("tolerance 0.02" in r and "95% CI [" in r for r in v.reasons)
     assert any(r.startswith("overall") for r in v.reasons)
+    # What the registry and the bug tracker read back from the stored verdict.
+    flagged = regressed_slices(v.to_dict())
+    assert flagged == sorted(c.slice for c in v.comparisons if c.regressed)
+    assert "cond:night" in flagged and "cond:day" not in flagged
+    assert regressed_slices({"promoted": True}) == []
 
 
 def test_noisy_tie_is_promoted() -> None:

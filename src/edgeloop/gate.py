@@ -342,6 +342,15 @@ class GateVerdict:
         )
 
 
+def regressed_slices(verdict: Mapping[str, Any]) -> list[str]:
+    """The sorted slices a verdict found regressed; [] without comparisons.
+
+    `verdict` is `GateVerdict.to_dict()`, as the gate node and the cards store it.
+    """
+    comparisons = verdict.get("comparisons") or []
+    return sorted({str(c["slice"]) for c in comparisons if c.get("regressed")})
+
+
 def _ci_text(ci: float, lo: float | None, hi: float | None) -> str:
     def num(x: float | None) -> str:
         return "n/a" if x is None else f"{x:+.3f}"

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from edgeloop.gate import regressed_slices
 from edgeloop.lake import Lake
 from edgeloop.models import build_model, load_weights, weights_hash
 from edgeloop.predictor import Predictor
@@ -166,9 +167,7 @@ def last_rejection(
             err,
         )
         return str(last["model_version"]), []
-    comparisons = (card.get("gate") or {}).get("comparisons") or []
-    regressed = sorted({c["slice"] for c in comparisons if c.get("regressed")})
-    return str(last["model_version"]), regressed
+    return str(last["model_version"]), regressed_slices(card.get("gate") or {})
 
 
 def best_so_far(models: pd.DataFrame) -> dict[str, float]:

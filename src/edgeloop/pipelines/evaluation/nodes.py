@@ -25,7 +25,7 @@ from edgeloop.card import (  # noqa: E402
     render_markdown,
 )
 from edgeloop.datasets.model_input import overlay  # noqa: E402
-from edgeloop.gate import GateConfig, gate  # noqa: E402
+from edgeloop.gate import GateConfig, gate, regressed_slices  # noqa: E402
 from edgeloop.lake import Lake  # noqa: E402
 from edgeloop.metrics import (  # noqa: E402
     OVERALL_SLICE,
@@ -580,11 +580,7 @@ def track_bugs(
                 **_edge_slice(test, name),
             }
         )
-    flagged = [
-        str(c["slice"])
-        for c in gate_verdict.get("comparisons") or []
-        if c.get("regressed")
-    ]
+    flagged = regressed_slices(gate_verdict)
     regressed = {name.split(":", 1)[1] for name in flagged if name.startswith("edge:")}
     if regressed and OVERALL_SLICE in flagged:
         # Worse everywhere is a bad training run, not an edge case forgotten.
