@@ -618,6 +618,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _zscore(values: np.ndarray | float, sims: np.ndarray) -> np.ndarray | float:
+    """`values` as z-scores of the similarities `sims` of all N images."""
+    return (values - sims.mean()) / max(float(sims.std()), 1e-12)
+
+
 def _direction(background: QueryBackground, seeds: np.ndarray) -> np.ndarray | None:
     """The unit query direction, or None where the seeds look like the background.
 
@@ -650,9 +655,7 @@ def loo_weight(x: np.ndarray, space: QuerySpace) -> float:
         if w is None:
             scores.append(0.0)
             continue
-        sim = x @ w
-        mean, std = sim.mean(), max(float(sim.std()), 1e-12)
-        scores.append((_unit(seeds[j]) @ w - mean) / std)
+        scores.append(float(_zscore(_unit(seeds[j]) @ w, x @ w)))
     return max(0.0, float(np.mean(scores))) ** 2
 
 
@@ -728,7 +731,7 @@ def fused_candidates(
             weights[k] = 0.0  # nothing to ask in this space
             continue
         sim = x @ w
-        total += weights[k] * (sim - sim.mean()) / max(float(sim.std()), 1e-12)
+        total += weights[k] * _zscore(sim, sim)
     if not any(weights):
         raise ValueError(
             "the seeds' mean equals the background's in every space: "
