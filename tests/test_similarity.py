@@ -104,10 +104,12 @@ def test_store_is_incremental_and_keyed_by_backbone_and_weights(tmp_path):
     assert sub_ids == ["id0", "id5"] and sub.shape == (2, 512)
 
 
-def test_embed_frame_reads_ahead_in_order_and_keeps_finished_chunks(tmp_path):
-    """Chunks are read one ahead; vectors match their ids; a bad read stops."""
+@pytest.mark.parametrize("workers", [1, 3])
+def test_embed_frame_reads_ahead_in_order_and_keeps_finished_chunks(tmp_path, workers):
+    """Batches run in parallel workers; vectors match their ids; a bad read stops."""
     emb = make_embedder("resnet18", allow_random=True, batch_size=2)
     store = EmbeddingStore(tmp_path / "emb")
+    threads = torch.get_num_threads()
     images = {f"id{i}": img for i, img in enumerate(_images(5))}
 
     def load(blob: str) -> np.ndarray:
@@ -116,16 +118,21 @@ def test_embed_frame_reads_ahead_in_order_and_keeps_finished_chunks(tmp_path):
         return images[blob]
 
     items = pd.DataFrame({"image_id": list(images), "image_blob": list(images)})
-    report = embed_frame(emb, store, items, load, chunk=2, progress=False)
-    assert report["new"] == 5
+    report = embed_frame(
+        emb, store, items, load, chunk=2, workers=workers, progress=False
+    )
+    assert (report["new"], report["workers"]) == (5, workers)
+    # The workers' one-thread setting does not leak into this thread.
+    assert torch.get_num_threads() == threads
     ids, vectors = store.load(emb.backbone, emb.weights)
+    assert ids == list(images)
     direct = emb.embed([images[i] for i in ids])
-    np.testing.assert_allclose(vectors, direct, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(vectors, direct)  # bit for bit, any thread count
     # A corrupt image in the third chunk: the first two chunks are kept.
     other = EmbeddingStore(tmp_path / "other")
     rows = pd.DataFrame({"image_id": [*images, "zz"], "image_blob": [*images, "bad"]})
     with pytest.raises(ValueError, match="corrupt"):
-        embed_frame(emb, other, rows, load, chunk=2, progress=False)
+        embed_frame(emb, other, rows, load, chunk=2, workers=workers, progress=False)
     kept, _ = other.load(emb.backbone, emb.weights)
     assert kept == ["id0", "id1", "id2", "id3"]
 

@@ -18,9 +18,11 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -512,6 +514,11 @@ def embedding_map(
     return fig, np.asarray(xy)
 
 
+def one_intraop_thread() -> None:
+    """Runs in each embedding worker: its torch ops use one core."""
+    torch.set_num_threads(1)
+
+
 def embed_frame(
     embedder: Embedder,
     store: EmbeddingStore,
@@ -519,13 +526,18 @@ def embed_frame(
     load_image: Callable[[str], np.ndarray],
     *,
     chunk: int = 256,
+    workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Embeds the rows of `items` (image_id, image_blob) the store lacks.
 
-    Images are read and embedded a batch at a time, the next batch read and
-    decoded in a thread meanwhile, and stored `chunk` at a time, one Parquet
-    part per chunk, so a killed run keeps the chunks it finished.
+    `workers` threads (default: torch's intra-op thread count, i.e. the cores
+    torch uses) each read, decode and embed one batch at a time, with one
+    intra-op thread each. On a few CPU cores, one batch per core runs the
+    network faster than one batch spread over all of them, and one thread's
+    PNG decoding (zlib releases the GIL) overlaps the others' forward.
+    Vectors are stored in input order, `chunk` at a time, one Parquet part
+    per chunk, so a killed run keeps the chunks it finished.
 
     Returns:
         A report: total, new, seconds, images_per_second and the embedder.
@@ -539,10 +551,11 @@ def embed_frame(
     )
     blobs = items.set_index("image_id")["image_blob"]
     step = max(1, embedder.batch_size)
-    batches = [todo[start : start + step] for start in range(0, len(todo), step)]
+    batches = iter([todo[start : start + step] for start in range(0, len(todo), step)])
+    workers = max(1, workers or torch.get_num_threads())
 
-    def load(ids: list[str]) -> list[np.ndarray]:
-        return [load_image(blobs[i]) for i in ids]
+    def embed_batch(ids: list[str]) -> np.ndarray:
+        return embedder.embed([load_image(blobs[i]) for i in ids])
 
     done = 0
     kept_ids: list[str] = []
@@ -558,30 +571,46 @@ def embed_frame(
             kept_ids.clear()
             kept.clear()
 
-    # The next batch is read and decoded (zlib releases the GIL) while this
-    # one goes through the network; vectors are stored `chunk` at a time.
-    with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-read") as pool,
-        tqdm(
-            total=len(todo), desc="embedding", unit="img", disable=not progress
-        ) as bar,
-    ):
-        ahead = pool.submit(load, batches[0]) if batches else None
-        for n, ids in enumerate(batches):
-            images = ahead.result()
-            ahead = pool.submit(load, batches[n + 1]) if n + 1 < len(batches) else None
-            kept.append(embedder.embed(images))
-            kept_ids.extend(ids)
-            bar.update(len(ids))
-            if len(kept_ids) >= chunk:
-                flush()
-        flush()
+    main_threads = torch.get_num_threads()
+    try:
+        with (
+            ThreadPoolExecutor(
+                max_workers=workers,
+                initializer=one_intraop_thread,
+                thread_name_prefix="embed",
+            ) as pool,
+            tqdm(
+                total=len(todo), desc="embedding", unit="img", disable=not progress
+            ) as bar,
+        ):
+            # At most two batches per worker in flight; results in input order.
+            pending = deque(
+                (ids, pool.submit(embed_batch, ids))
+                for ids in islice(batches, 2 * workers)
+            )
+            while pending:
+                ids, future = pending.popleft()
+                vectors = future.result()
+                following = next(batches, None)
+                if following is not None:
+                    pending.append((following, pool.submit(embed_batch, following)))
+                kept.append(vectors)
+                kept_ids.extend(ids)
+                bar.update(len(ids))
+                if len(kept_ids) >= chunk:
+                    flush()
+            flush()
+    finally:
+        # The workers' set_num_threads(1) also set torch's default for threads
+        # started later; put back this thread's count as that default.
+        torch.set_num_threads(main_threads)
     seconds = time.perf_counter() - t0
     return {
         **embedder.describe(),
         "images": int(len(items)),
         "new": int(done),
         "reused": int(len(items) - done),
+        "workers": workers,
         "seconds": round(seconds, 3),
         "images_per_second": round(done / seconds, 1) if done and seconds > 0 else None,
     }
