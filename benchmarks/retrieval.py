@@ -49,7 +49,11 @@ Then "confidence checks pick rare conditions": the lowest `--low-conf-frac` of
 predictions by mean_max_prob, the top `--low-conf-frac` by novelty, and the
 review queue (`build_review_queue`, no feedback) ranked by mean_max_prob and
 by novelty, with and without the cluster cap, as a rate of each rare
-condition among the picks over its base rate (target >= 3x). Novelty and the
+condition among the picks over its base rate (target >= 3x), and of the
+scene-level rare conditions taken together ("any rare"). It also prints how
+many condition tags 3x for every scene condition at once would need among
+the queue's confidence picks: with one condition per image, more than 20
+picks hold at these base rates. Novelty and the
 clusters are the ones the project's run wrote
 (`data/07_model_output/iter_0/novelty_scores.parquet`, `clusters.parquet`).
 
@@ -85,6 +89,7 @@ from edgeloop.similarity import (
     embed_frame,
     make_embedder,
 )
+from edgeloop.synthetic import RARE_CONDITIONS
 from edgeloop.vectorindex import (
     QUERIES,
     WEIGHTINGS,
@@ -105,6 +110,7 @@ MIN_PIXELS = 4  # smaller 8-connected specks are rasterisation fragments
 CLASS_IDS, OBJECT_IDS, IGNORE = (0, 1, 2, 3), (1, 2, 3), 255
 SCENE_TARGET = 0.8  # precision@k
 LIFT_TARGET = 3.0
+ANY_RARE = "any rare"  # any of the scene-level rare conditions
 STORE = "data/04_feature/embeddings"  # the similarity pipeline's store
 
 
@@ -401,7 +407,10 @@ def confidence_checks(
             picks[f"review queue, novelty, {what} (all samplers)"] = queue
             picks[f"review queue, novelty, {what} picks"] = queue_low
     cond = cond.set_index("image_id")
-    rare = [c for c in RARE if c in cond.columns]
+    scene_rare = [c for c in RARE_CONDITIONS if c in cond.columns]
+    # The scene-level rare conditions taken together: is a pick rare at all?
+    cond = cond.assign(**{ANY_RARE: cond[scene_rare].any(axis=1)})
+    rare = [c for c in RARE if c in cond.columns] + [ANY_RARE]
     head = ["picks", "n", *rare]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
@@ -433,6 +442,16 @@ def confidence_checks(
                 "lift": lifts,
             }
         )
+    top_k = ReviewConfig().confidence_top_k
+    need = {c: math.ceil(LIFT_TARGET * base[c] * top_k - 1e-9) for c in scene_rare}
+    multi = float((cond[scene_rare].sum(axis=1) >= 2).mean())
+    print(
+        f"\n{LIFT_TARGET:.0f}x for each of the {len(scene_rare)} scene conditions at "
+        f"once needs {sum(need.values())} condition tags among the {top_k} "
+        "confidence picks ("
+        + ", ".join(f"{c} {n}" for c, n in need.items())
+        + f"); {multi:.1%} of the stream has two or more of them."
+    )
     return out
 
 
