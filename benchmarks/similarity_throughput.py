@@ -69,8 +69,8 @@ from edgeloop.similarity import (
     POOLINGS,
     EmbeddingStore,
     embed_frame,
+    embed_workers,
     make_embedder,
-    one_intraop_thread,
 )
 from edgeloop.vectorindex import VectorIndex, default_nlist, default_nprobe, kmeans
 
@@ -158,14 +158,17 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
     def load(blob: str) -> np.ndarray:
         return decode_image(lake.get_blob(blob))
 
-    workers = torch.get_num_threads()
+    threads = torch.get_num_threads()
+    workers, per_worker = embed_workers()
 
     def per_core() -> None:
         # The raw forward as `embed_frame` runs it: one batch per worker thread,
-        # one intra-op thread each, on the prepared tensors.
-        with ThreadPoolExecutor(workers, initializer=one_intraop_thread) as pool:
+        # the cores shared out among them, on the prepared tensors.
+        with ThreadPoolExecutor(
+            workers, initializer=torch.set_num_threads, initargs=(per_worker,)
+        ) as pool:
             list(pool.map(embedder.forward, batches))
-        torch.set_num_threads(workers)
+        torch.set_num_threads(threads)
 
     raw_s, core_s, full_s, rerun_s = [], [], [], []
     for r in range(args.rounds):
@@ -197,19 +200,19 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
     print(
         f"\nembedding: {what}; {embedder.backbone} (random init), "
         f"batch {args.batch_size}, "
-        f"torch threads {workers}; medians of {args.rounds} alternating rounds\n"
+        f"torch threads {threads}; medians of {args.rounds} alternating rounds\n"
     )
     print_table(
         ["measure", "value", "target", "met"],
         [
             [
-                f"raw forward (`Embedder.forward`, {workers} threads)",
+                f"raw forward (`Embedder.forward`, {threads} threads)",
                 f"{n / raw:.1f} img/s",
                 "",
                 "",
             ],
             [
-                f"raw forward, one batch per core ({workers} x 1 thread)",
+                f"raw forward, one batch per worker ({workers} x {per_worker} threads)",
                 f"{n / core:.1f} img/s",
                 "",
                 "",

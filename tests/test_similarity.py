@@ -209,3 +209,15 @@ def test_knn_space_weights_are_checked_before_anything_is_read():
         _extra_spaces(None, None, knn(object_weight=-2), [], {})
     with pytest.raises(ValueError, match="need query: discriminative"):  # weights 1
         _extra_spaces(None, None, knn(query="nearest_seed"), [], {})
+
+
+def test_embed_workers_share_out_the_cores():
+    threads = torch.get_num_threads()
+    try:
+        for cores, want in [(1, (1, 1)), (2, (2, 1)), (16, (4, 4)), (6, (4, 1))]:
+            torch.set_num_threads(cores)
+            assert similarity.embed_workers() == want, cores
+        torch.set_num_threads(2)
+        assert similarity.embed_workers(3) == (3, 1)
+    finally:
+        torch.set_num_threads(threads)

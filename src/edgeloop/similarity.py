@@ -514,9 +514,19 @@ def embedding_map(
     return fig, np.asarray(xy)
 
 
-def one_intraop_thread() -> None:
-    """Runs in each embedding worker: its torch ops use one core."""
-    torch.set_num_threads(1)
+# Embedding workers at most: each holds its batches' activations in memory.
+MAX_EMBED_WORKERS = 4
+
+
+def embed_workers(workers: int | None = None) -> tuple[int, int]:
+    """(worker threads, torch threads per worker) for `embed_frame`.
+
+    By default one worker per core torch uses, at most `MAX_EMBED_WORKERS`,
+    the cores shared out among them: on 2 cores 2 x 1, on 16 cores 4 x 4.
+    """
+    cores = torch.get_num_threads()
+    n = max(1, workers or min(cores, MAX_EMBED_WORKERS))
+    return n, max(1, cores // n)
 
 
 def embed_frame(
@@ -531,11 +541,11 @@ def embed_frame(
 ) -> dict[str, Any]:
     """Embeds the rows of `items` (image_id, image_blob) the store lacks.
 
-    `workers` threads (default: torch's intra-op thread count, i.e. the cores
-    torch uses) each read, decode and embed one batch at a time, with one
-    intra-op thread each. On a few CPU cores, one batch per core runs the
-    network faster than one batch spread over all of them, and one thread's
-    PNG decoding (zlib releases the GIL) overlaps the others' forward.
+    `workers` threads (default: `embed_workers`, one per core torch uses, at
+    most 4) each read, decode and embed one batch at a time, the cores shared
+    out among them. On a few CPU cores, one batch per core runs the network
+    faster than one batch spread over all of them, and one thread's PNG
+    decoding (zlib releases the GIL) overlaps the others' forward.
     Vectors are stored in input order, `chunk` at a time, one Parquet part
     per chunk, so a killed run keeps the chunks it finished.
 
@@ -552,7 +562,7 @@ def embed_frame(
     blobs = items.set_index("image_id")["image_blob"]
     step = max(1, embedder.batch_size)
     batches = iter([todo[start : start + step] for start in range(0, len(todo), step)])
-    workers = max(1, workers or torch.get_num_threads())
+    workers, per_worker = embed_workers(workers)
 
     def embed_batch(ids: list[str]) -> np.ndarray:
         return embedder.embed([load_image(blobs[i]) for i in ids])
@@ -576,7 +586,8 @@ def embed_frame(
         with (
             ThreadPoolExecutor(
                 max_workers=workers,
-                initializer=one_intraop_thread,
+                initializer=torch.set_num_threads,
+                initargs=(per_worker,),
                 thread_name_prefix="embed",
             ) as pool,
             tqdm(
@@ -601,7 +612,7 @@ def embed_frame(
                     flush()
             flush()
     finally:
-        # The workers' set_num_threads(1) also set torch's default for threads
+        # The workers' set_num_threads also set torch's default for threads
         # started later; put back this thread's count as that default.
         torch.set_num_threads(main_threads)
     seconds = time.perf_counter() - t0
