@@ -230,7 +230,7 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
                 mark(overhead <= OVERHEAD_TARGET),
             ],
             [
-                "  over the raw forward one batch per core",
+                "  over the raw forward one batch per worker",
                 f"{full / core - 1.0:+.1%} "
                 f"(rounds {per_round_core[0]:+.1%} .. {per_round_core[-1]:+.1%})",
                 "",
