@@ -105,7 +105,7 @@ def test_store_is_incremental_and_keyed_by_backbone_and_weights(tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 3])
-def test_embed_frame_reads_ahead_in_order_and_keeps_finished_chunks(tmp_path, workers):
+def test_embed_frame_workers_keep_the_order_and_the_finished_chunks(tmp_path, workers):
     """Batches run in parallel workers; vectors match their ids; a bad read stops."""
     emb = make_embedder("resnet18", allow_random=True, batch_size=2)
     store = EmbeddingStore(tmp_path / "emb")
@@ -122,7 +122,7 @@ def test_embed_frame_reads_ahead_in_order_and_keeps_finished_chunks(tmp_path, wo
         emb, store, items, load, chunk=2, workers=workers, progress=False
     )
     assert (report["new"], report["workers"]) == (5, workers)
-    # The workers' one-thread setting does not leak into this thread.
+    # The workers' thread setting does not leak into this thread.
     assert torch.get_num_threads() == threads
     ids, vectors = store.load(emb.backbone, emb.weights)
     assert ids == list(images)
@@ -214,7 +214,13 @@ def test_knn_space_weights_are_checked_before_anything_is_read():
 def test_embed_workers_share_out_the_cores():
     threads = torch.get_num_threads()
     try:
-        for cores, want in [(1, (1, 1)), (2, (2, 1)), (16, (4, 4)), (6, (4, 1))]:
+        for cores, want in [
+            (1, (1, 1)),
+            (2, (2, 1)),
+            (6, (3, 2)),
+            (16, (4, 4)),
+            (7, (1, 7)),
+        ]:
             torch.set_num_threads(cores)
             assert similarity.embed_workers() == want, cores
         torch.set_num_threads(2)

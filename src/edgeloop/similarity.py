@@ -521,12 +521,17 @@ MAX_EMBED_WORKERS = 4
 def embed_workers(workers: int | None = None) -> tuple[int, int]:
     """(worker threads, torch threads per worker) for `embed_frame`.
 
-    By default one worker per core torch uses, at most `MAX_EMBED_WORKERS`,
-    the cores shared out among them: on 2 cores 2 x 1, on 16 cores 4 x 4.
+    By default as many workers as share the cores torch uses out evenly, at
+    most `MAX_EMBED_WORKERS`: 2 x 1 on 2 cores, 3 x 2 on 6, 4 x 4 on 16, and
+    one worker on all of them when no split is even (5 or 7 cores).
     """
     cores = torch.get_num_threads()
-    n = max(1, workers or min(cores, MAX_EMBED_WORKERS))
-    return n, max(1, cores // n)
+    if workers is None:
+        workers = max(
+            d for d in range(1, min(cores, MAX_EMBED_WORKERS) + 1) if cores % d == 0
+        )
+    workers = max(1, workers)
+    return workers, max(1, cores // workers)
 
 
 def embed_frame(
@@ -541,9 +546,9 @@ def embed_frame(
 ) -> dict[str, Any]:
     """Embeds the rows of `items` (image_id, image_blob) the store lacks.
 
-    `workers` threads (default: `embed_workers`, one per core torch uses, at
-    most 4) each read, decode and embed one batch at a time, the cores shared
-    out among them. On a few CPU cores, one batch per core runs the network
+    `workers` threads (default: `embed_workers`, e.g. 2 on 2 cores, at most
+    4) each read, decode and embed one batch at a time, the cores shared out
+    among them. On a few CPU cores, one batch per core runs the network
     faster than one batch spread over all of them, and one thread's PNG
     decoding (zlib releases the GIL) overlaps the others' forward.
     Vectors are stored in input order, `chunk` at a time, one Parquet part
