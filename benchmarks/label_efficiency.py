@@ -236,16 +236,18 @@ def main(argv: list[str] | None = None) -> int:
     header += "  " + "  ".join(f"{'mIoU@' + str(b):>15}" for b in budgets)
     print(header)
     print("-" * len(header))
-    curves = {}
+    curves, by_seed = {}, {}
     for strategy in strategies:
         rows = [r for r in records if r["strategy"] == strategy]
         reach, at = [], {b: [] for b in budgets}
+        by_seed[strategy] = {}
         for seed in seeds:
             mine = [r for r in rows if r["seed"] == seed]
             hit = _reach(mine, target)
             reach.append(hit)
             for r in mine:
                 at[r["masks"]].append(r["slices"]["all"]["miou"])
+                by_seed[strategy][(seed, r["masks"])] = r["slices"]["all"]["miou"]
         curves[strategy] = at
         got = [h for h in reach if h is not None]
         masks = _pm([h[0] for h in got], "{:.0f}") + (
@@ -277,6 +279,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {b:>4} masks: {diff:+.3f} (spread {spread:.3f}): "
                 f"hitl {verdict} random"
             )
+        # Every strategy of a seed starts from the same iteration-0 model, so
+        # each seed's own difference is the paired view of the same numbers.
+        print("hitl - random per seed (paired; the seeds' own differences):")
+        for b in budgets[1:]:
+            pairs = [
+                by_seed["hitl"][(seed, b)] - by_seed["random"][(seed, b)]
+                for seed in seeds
+                if (seed, b) in by_seed["hitl"] and (seed, b) in by_seed["random"]
+            ]
+            if pairs:
+                ahead = sum(d > 0 for d in pairs)
+                print(
+                    f"  {b:>4} masks: "
+                    + " ".join(f"{d:+.3f}" for d in pairs)
+                    + f"  (mean {np.mean(pairs):+.3f}; hitl ahead in "
+                    f"{ahead}/{len(pairs)} seeds)"
+                )
     _plot(curves, full_miou, target, budgets, out)
     (out / "label_efficiency.json").write_text(
         json.dumps(
