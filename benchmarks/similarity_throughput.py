@@ -12,7 +12,8 @@ Usage:
    Parquet write) against the raw backbone forward (`Embedder.forward`) at the
    same batch size on tensors prepared once, run as usual (one batch at a
    time over torch's threads) and, as a second reference, as `embed_frame`
-   runs it (one batch per worker thread, one intra-op thread each). The
+   runs it (one batch per worker thread, the cores shared out among them,
+   `similarity.embed_workers`). The
    images are the stream predictions of `--project`'s lake when given, else
    scenes from `edgeloop.synthetic` stored in a scratch lake. The embedder is
    a randomly initialised ResNet18 (`allow_random`): weights do not change
@@ -161,7 +162,7 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
     threads = torch.get_num_threads()
     workers, per_worker = embed_workers()
 
-    def per_core() -> None:
+    def per_worker_forward() -> None:
         # The raw forward as `embed_frame` runs it: one batch per worker thread,
         # the cores shared out among them, on the prepared tensors.
         with ThreadPoolExecutor(
@@ -170,15 +171,15 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
             list(pool.map(embedder.forward, batches))
         torch.set_num_threads(threads)
 
-    raw_s, core_s, full_s, rerun_s = [], [], [], []
+    raw_s, worker_s, full_s, rerun_s = [], [], [], []
     for r in range(args.rounds):
         start = time.perf_counter()
         for x in batches:
             embedder.forward(x)
         raw_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        per_core()
-        core_s.append(time.perf_counter() - start)
+        per_worker_forward()
+        worker_s.append(time.perf_counter() - start)
 
         store = EmbeddingStore(work / f"store{r}")
         start = time.perf_counter()
@@ -189,14 +190,16 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
         rerun_s.append(time.perf_counter() - start)
         assert first["new"] == n and second["new"] == 0, (first, second)
 
-    raw, core, full, rerun = (
-        statistics.median(v) for v in (raw_s, core_s, full_s, rerun_s)
+    raw, worker, full, rerun = (
+        statistics.median(v) for v in (raw_s, worker_s, full_s, rerun_s)
     )
     overhead = full / raw - 1.0
     ratio = rerun / full
     # Each round's own ratio: the spread says how much the machine's noise moves it.
     per_round = sorted(f / r - 1.0 for f, r in zip(full_s, raw_s, strict=True))
-    per_round_core = sorted(f / c - 1.0 for f, c in zip(full_s, core_s, strict=True))
+    per_round_worker = sorted(
+        f / w - 1.0 for f, w in zip(full_s, worker_s, strict=True)
+    )
     print(
         f"\nembedding: {what}; {embedder.backbone} (random init), "
         f"batch {args.batch_size}, "
@@ -213,7 +216,7 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
             ],
             [
                 f"raw forward, one batch per worker ({workers} x {per_worker} threads)",
-                f"{n / core:.1f} img/s",
+                f"{n / worker:.1f} img/s",
                 "",
                 "",
             ],
@@ -231,8 +234,8 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
             ],
             [
                 "  over the raw forward one batch per worker",
-                f"{full / core - 1.0:+.1%} "
-                f"(rounds {per_round_core[0]:+.1%} .. {per_round_core[-1]:+.1%})",
+                f"{full / worker - 1.0:+.1%} "
+                f"(rounds {per_round_worker[0]:+.1%} .. {per_round_worker[-1]:+.1%})",
                 "",
                 "",
             ],
@@ -257,11 +260,11 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
         "batch_size": args.batch_size,
         "workers": workers,
         "raw_seconds": raw_s,
-        "per_core_seconds": core_s,
+        "per_worker_seconds": worker_s,
         "full_seconds": full_s,
         "rerun_seconds": rerun_s,
         "raw_images_per_second": n / raw,
-        "per_core_images_per_second": n / core,
+        "per_worker_images_per_second": n / worker,
         "full_images_per_second": n / full,
         "overhead": overhead,
         "overhead_phases_seconds": phases,
