@@ -18,7 +18,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
 # Re-install only when the project's dependency list changes.
+# The install takes about 7 GB (PyTorch's CUDA build); warn first when the disk
+# is short, so a failed install says why.
 $(STAMP): pyproject.toml | $(BIN)/python
+	@free_mb=$$(df -Pm . | awk 'NR == 2 {print $$4}'); \
+	if [ "$${free_mb:-0}" -lt 8000 ]; then \
+	  echo "warning: $${free_mb} MB free here; installing into $(VENV) needs about 7000 MB" >&2; \
+	fi
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
