@@ -492,10 +492,20 @@ def register_trained_model(
 # -- edge cases (bugs) --------------------------------------------------------------
 
 
-def _edge_slice(test: pd.DataFrame, name: str) -> dict[str, Any]:
-    """A bug's `edge:` test slice for the report: n, before, after and delta."""
+def _bug_row(
+    bug: Any, test: pd.DataFrame, *, status_before: str, status: str, labelled: int
+) -> dict[str, Any]:
+    """A bug's line in the report, with its `edge:` test slice before and after."""
+    name = f"edge:{bug.tag}"
     row = test.loc[name] if name in test.index else None
     return {
+        "bug_id": bug.bug_id,
+        "tag": bug.tag,
+        "opened_iteration": int(bug.opened_iteration),
+        "status_before": status_before,
+        "status": status,
+        "seeds": len(bug.seed_image_ids),
+        "labelled_since_opened": int(labelled),
         "slice": name,
         "n_images": None if row is None else int(row["n_images"]),
         "insufficient": None if row is None else bool(row["insufficient"]),
@@ -569,16 +579,13 @@ def track_bugs(
             log_so_far = pd.concat([log_so_far, event], ignore_index=True)
             events.append(event)
         report.append(
-            {
-                "bug_id": bug.bug_id,
-                "tag": bug.tag,
-                "opened_iteration": int(bug.opened_iteration),
-                "status_before": status,
-                "status": steps[-1] if steps else status,
-                "seeds": len(bug.seed_image_ids),
-                "labelled_since_opened": new_labels,
-                **_edge_slice(test, name),
-            }
+            _bug_row(
+                bug,
+                test,
+                status_before=status,
+                status=steps[-1] if steps else status,
+                labelled=new_labels,
+            )
         )
     flagged = regressed_slices(gate_verdict)
     regressed = {name.split(":", 1)[1] for name in flagged if name.startswith("edge:")}
@@ -591,19 +598,10 @@ def track_bugs(
         )
         if len(reopened):
             events.append(reopened)
-        for bug in reopened.itertuples(index=False):
-            report.append(
-                {
-                    "bug_id": bug.bug_id,
-                    "tag": bug.tag,
-                    "opened_iteration": int(iteration),
-                    "status_before": "regressed",
-                    "status": "open",
-                    "seeds": len(bug.seed_image_ids),
-                    "labelled_since_opened": 0,
-                    **_edge_slice(test, f"edge:{bug.tag}"),
-                }
-            )
+        report += [
+            _bug_row(bug, test, status_before="regressed", status="open", labelled=0)
+            for bug in reopened.itertuples(index=False)
+        ]
     if events:
         lake.append("edge_cases", pd.concat(events, ignore_index=True))
     log.info(
