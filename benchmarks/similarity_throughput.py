@@ -56,7 +56,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +69,7 @@ from edgeloop.similarity import (
     POOLINGS,
     EmbeddingStore,
     embed_frame,
+    embed_pool,
     embed_workers,
     make_embedder,
 )
@@ -165,11 +165,8 @@ def bench_embedding(args: argparse.Namespace, work: Path) -> dict:
     def per_worker_forward() -> None:
         # The raw forward as `embed_frame` runs it: one batch per worker thread,
         # the cores shared out among them, on the prepared tensors.
-        with ThreadPoolExecutor(
-            workers, initializer=torch.set_num_threads, initargs=(per_worker,)
-        ) as pool:
+        with embed_pool() as pool:
             list(pool.map(embedder.forward, batches))
-        torch.set_num_threads(threads)
 
     raw_s, worker_s, full_s, rerun_s = [], [], [], []
     for r in range(args.rounds):

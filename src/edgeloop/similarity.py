@@ -19,8 +19,9 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -534,6 +535,28 @@ def embed_workers(workers: int | None = None) -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
+@contextmanager
+def embed_pool(workers: int | None = None) -> Iterator[ThreadPoolExecutor]:
+    """The embedding workers' thread pool (`embed_workers` sizes it).
+
+    Each worker runs torch on its share of the cores. Setting that also sets
+    torch's default for threads started later, so on exit this thread's own
+    count is put back as the default.
+    """
+    n, per_worker = embed_workers(workers)
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(
+            max_workers=n,
+            initializer=torch.set_num_threads,
+            initargs=(per_worker,),
+            thread_name_prefix="embed",
+        ) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
 def embed_frame(
     embedder: Embedder,
     store: EmbeddingStore,
@@ -567,7 +590,7 @@ def embed_frame(
     blobs = items.set_index("image_id")["image_blob"]
     step = max(1, embedder.batch_size)
     batches = iter([todo[start : start + step] for start in range(0, len(todo), step)])
-    workers, per_worker = embed_workers(workers)
+    workers = embed_workers(workers)[0]
 
     def embed_batch(ids: list[str]) -> np.ndarray:
         return embedder.embed([load_image(blobs[i]) for i in ids])
@@ -586,40 +609,28 @@ def embed_frame(
             kept_ids.clear()
             kept.clear()
 
-    main_threads = torch.get_num_threads()
-    try:
-        with (
-            ThreadPoolExecutor(
-                max_workers=workers,
-                initializer=torch.set_num_threads,
-                initargs=(per_worker,),
-                thread_name_prefix="embed",
-            ) as pool,
-            tqdm(
-                total=len(todo), desc="embedding", unit="img", disable=not progress
-            ) as bar,
-        ):
-            # At most two batches per worker in flight; results in input order.
-            pending = deque(
-                (ids, pool.submit(embed_batch, ids))
-                for ids in islice(batches, 2 * workers)
-            )
-            while pending:
-                ids, future = pending.popleft()
-                vectors = future.result()
-                following = next(batches, None)
-                if following is not None:
-                    pending.append((following, pool.submit(embed_batch, following)))
-                kept.append(vectors)
-                kept_ids.extend(ids)
-                bar.update(len(ids))
-                if len(kept_ids) >= chunk:
-                    flush()
-            flush()
-    finally:
-        # The workers' set_num_threads also set torch's default for threads
-        # started later; put back this thread's count as that default.
-        torch.set_num_threads(main_threads)
+    with (
+        embed_pool(workers) as pool,
+        tqdm(
+            total=len(todo), desc="embedding", unit="img", disable=not progress
+        ) as bar,
+    ):
+        # At most two batches per worker in flight; results in input order.
+        pending = deque(
+            (ids, pool.submit(embed_batch, ids)) for ids in islice(batches, 2 * workers)
+        )
+        while pending:
+            ids, future = pending.popleft()
+            vectors = future.result()
+            following = next(batches, None)
+            if following is not None:
+                pending.append((following, pool.submit(embed_batch, following)))
+            kept.append(vectors)
+            kept_ids.extend(ids)
+            bar.update(len(ids))
+            if len(kept_ids) >= chunk:
+                flush()
+        flush()
     seconds = time.perf_counter() - t0
     return {
         **embedder.describe(),
