@@ -17,7 +17,9 @@ from edgeloop.metrics import (
     confusion_matrix,
     evaluate_slices,
     metric_fn,
+    object_matrix,
     per_image_confusion,
+    right_class_matrix,
 )
 
 NAMES = ("a", "b", "c", "d")
@@ -273,3 +275,62 @@ def test_evaluate_slices_rejects_mismatched_ids() -> None:
         evaluate_slices(per, ["x", "y"], table, metric="miou", class_names="ab")
     with pytest.raises(ValueError, match="duplicates"):
         evaluate_slices(per, ["x", "x", "y"], table, metric="miou", class_names="ab")
+
+
+# Truth rows, prediction columns: background and three object classes.
+DECOMPOSE = np.array(
+    [
+        [90, 4, 0, 1],  # background: 5 pixels invented as objects
+        [2, 10, 3, 0],  # class 1: 2 missed, 3 given class 2
+        [0, 1, 8, 0],  # class 2: 1 given class 1
+        [1, 0, 2, 5],  # class 3: 1 missed, 2 given class 2
+    ]
+)
+
+
+def test_object_matrix_merges_the_object_classes_by_hand() -> None:
+    fg = object_matrix(DECOMPOSE, [1, 2, 3])
+    np.testing.assert_array_equal(fg, [[90, 5], [3, 29]])
+    assert fg.sum() == DECOMPOSE.sum()
+    # Stacked matrices are collapsed one by one.
+    stacked = object_matrix(np.stack([DECOMPOSE, 2 * DECOMPOSE]), [1, 2, 3])
+    np.testing.assert_array_equal(stacked[1], [[180, 10], [6, 58]])
+    # Object IoU = 29 / (29 + 5 + 3).
+    assert SegmentationScores.from_matrix(fg).iou[1] == pytest.approx(29 / 37)
+    # Objects [2, 3]: the rest is classes 0 and 1 merged.
+    np.testing.assert_array_equal(object_matrix(DECOMPOSE, [3, 2]), [[106, 4], [2, 15]])
+
+
+def test_right_class_matrix_moves_only_confusions_between_objects() -> None:
+    right = right_class_matrix(DECOMPOSE, [1, 2, 3])
+    np.testing.assert_array_equal(
+        right,
+        [[90, 4, 0, 1], [2, 13, 0, 0], [0, 0, 9, 0], [1, 0, 0, 7]],
+    )
+    assert right.sum() == DECOMPOSE.sum()
+    # Misses and invented objects are kept, so the object-vs-rest matrix is the
+    # same, and the per-class IoU can only rise.
+    np.testing.assert_array_equal(
+        object_matrix(right, [1, 2, 3]), object_matrix(DECOMPOSE, [1, 2, 3])
+    )
+    before = SegmentationScores.from_matrix(DECOMPOSE).iou
+    after = SegmentationScores.from_matrix(right).iou
+    assert all(a >= b for a, b in zip(after, before, strict=True))
+    assert after[2] == pytest.approx(9 / 9)
+    # Only confusions among the objects move: 1 -> 2 stays with objects [2, 3].
+    assert right_class_matrix(DECOMPOSE, [2, 3])[1, 2] == 3
+    assert right_class_matrix(DECOMPOSE, [2, 3])[3, 3] == 7
+    # The input is not changed.
+    assert DECOMPOSE[1, 2] == 3
+
+
+@pytest.mark.parametrize("objects", [[], [4], [-1]])
+@pytest.mark.parametrize("fn", [object_matrix, right_class_matrix])
+def test_matrix_decompositions_reject_objects_that_are_no_class(fn, objects) -> None:
+    with pytest.raises(ValueError, match="objects must be class ids"):
+        fn(DECOMPOSE, objects)
+
+
+def test_object_matrix_needs_a_class_left_out() -> None:
+    with pytest.raises(ValueError, match="at least one class out"):
+        object_matrix(DECOMPOSE, [0, 1, 2, 3])

@@ -216,8 +216,15 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
     assert repro["env"] == "ci" and repro["config"]["training"]["n_trials"] == 6
     assert "slices" in repro["datasets"] and repro["datasets"]["slices"]["fingerprint"]
     assert "kedro_load_versions" in card["volatile"]
+    # Where the errors are: aircraft found at all, and their types told apart.
+    objects = card["results"]["objects"]
+    assert objects["classes"] == ["fighter_jet", "airliner", "light_aircraft"]
+    assert 0.0 < objects["object_iou"] <= 1.0
+    # Type confusions moved onto the diagonal can only raise the score.
+    assert card["results"]["miou"] <= objects["miou_classes_right"] <= 1.0
     md = Path("data/08_reporting/iter_0/model_card.md").read_text()
     assert "PROMOTED" in md and "## Reproducibility" in md
+    assert f"IoU {objects['object_iou']:.3f} (finding the objects)" in md
     for plot in (
         "slice_scores",
         "confusion_matrix",

@@ -189,6 +189,16 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         strict=True,
     ):
         lines.append(f"| {name} | {_fmt(iou)} | {_fmt(dice)} |")
+    objects = card["results"].get("objects")
+    if objects:
+        lines += [
+            "",
+            f"Where the errors are: {', '.join(objects['classes'])} against the "
+            f"rest, whatever the class, IoU {_fmt(objects['object_iou'])} (finding "
+            "the objects); mIoU if every pixel found as an object had the right "
+            f"class {_fmt(objects['miou_classes_right'])}, against "
+            f"{_fmt(card['results']['miou'])} (what telling them apart costs).",
+        ]
     s = card["search"]
     lines += [
         "",

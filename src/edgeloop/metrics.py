@@ -268,6 +268,52 @@ def _float_or_nan(x: float | None) -> float:
     return math.nan if x is None else _nan_to_singleton(x)
 
 
+def _object_ids(objects: Sequence[int], k: int) -> list[int]:
+    ids = sorted({int(i) for i in objects})
+    if not ids or ids[0] < 0 or ids[-1] >= k:
+        raise ValueError(
+            f"objects must be class ids in [0, {k}), at least one, got {list(objects)}"
+        )
+    return ids
+
+
+def object_matrix(matrix: Any, objects: Sequence[int]) -> np.ndarray:
+    """Collapses `(..., K, K)` matrices to the other classes against `objects`.
+
+    Row and column 0 are the classes not in `objects` merged, 1 the object
+    classes merged: how well a model finds objects, whatever class it gives
+    them (and whatever it calls the rest).
+    """
+    m = _check_matrix(matrix)
+    k = m.shape[-1]
+    obj = np.zeros(k, dtype=bool)
+    obj[_object_ids(objects, k)] = True
+    if obj.all():
+        raise ValueError("objects must leave at least one class out")
+    out = np.empty((*m.shape[:-2], 2, 2), dtype=m.dtype)
+    for row, rows in enumerate((~obj, obj)):
+        for col, cols in enumerate((~obj, obj)):
+            out[..., row, col] = m[..., rows, :][..., :, cols].sum(axis=(-2, -1))
+    return out
+
+
+def right_class_matrix(matrix: Any, objects: Sequence[int]) -> np.ndarray:
+    """The matrix if every pixel found as some object had the right class.
+
+    Confusions among the `objects` classes move onto the diagonal; objects
+    missed (predicted as another class) or invented (truly another class) stay.
+    The gap between its scores and the real ones is what confusing the object
+    classes with each other costs.
+    """
+    m = _check_matrix(matrix).copy()
+    ids = _object_ids(objects, m.shape[-1])
+    for i in ids:
+        others = [j for j in ids if j != i]
+        m[..., i, i] += m[..., i, others].sum(axis=-1)
+        m[..., i, others] = 0
+    return m
+
+
 class ConfusionMatrix:
     """Accumulates a confusion matrix over batches (torchvision-reference style).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -32,7 +33,9 @@ from edgeloop.metrics import (  # noqa: E402
     SegmentationScores,
     evaluate_slices,
     metric_fn,
+    object_matrix,
     per_image_confusion,
+    right_class_matrix,
 )
 from edgeloop.pipelines.training.nodes import PromotedModel  # noqa: E402
 from edgeloop.registry import ModelRecord, TrainedModel, best_so_far  # noqa: E402
@@ -308,6 +311,25 @@ def _regression_boost(weights: pd.DataFrame | None) -> dict[str, Any] | None:
     }
 
 
+def _object_breakdown(
+    matrix: np.ndarray, names: tuple[str, ...], object_classes: Sequence[str]
+) -> dict[str, Any] | None:
+    """Where the errors are: finding the objects, or telling their classes apart.
+
+    None without `classes.object_classes`, or when they are every class.
+    """
+    ids = [names.index(c) for c in object_classes if c in names]
+    if not ids or len(ids) == len(names):
+        return None
+    return {
+        "classes": [names[i] for i in ids],
+        "object_iou": SegmentationScores.from_matrix(object_matrix(matrix, ids)).iou[1],
+        "miou_classes_right": SegmentationScores.from_matrix(
+            right_class_matrix(matrix, ids)
+        ).miou,
+    }
+
+
 def write_model_card(
     trained_model: TrainedModel,
     promoted: PromotedModel,
@@ -399,6 +421,11 @@ def write_model_card(
             "per_class_dice": list(overall.dice),
             "miou": overall.miou,
             "pixel_accuracy": overall.pixel_accuracy,
+            "objects": _object_breakdown(
+                test.new_cm.sum(0),
+                names,
+                parameters.get("classes", {}).get("object_classes") or (),
+            ),
         },
         "gate": gate_verdict,
         "search": {k: v for k, v in study_summary.items() if k != "history"},
