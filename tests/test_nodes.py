@@ -246,3 +246,24 @@ def test_the_card_says_which_slices_the_last_rejection_boosted():
     assert _regression_boost(weights.assign(boost=1.0)) is None
     assert _regression_boost(weights.drop(columns="boost")) is None  # older runs
     assert _regression_boost(None) is None
+
+
+def test_the_cards_object_breakdown_by_hand_and_its_bad_configs() -> None:
+    import numpy as np
+
+    from edgeloop.pipelines.evaluation.nodes import _object_breakdown
+
+    names = ("background", "jet", "prop")
+    matrix = np.array([[10, 2, 0], [1, 3, 2], [0, 1, 5]])
+    out = _object_breakdown(matrix, names, ["jet", "prop"])
+    assert out["classes"] == ["jet", "prop"]
+    # Objects against the rest: tp 3+2+1+5 = 11, fp 2, fn 1.
+    assert out["object_iou"] == pytest.approx(11 / 14)
+    # Types right: [[10, 2, 0], [1, 5, 0], [0, 0, 6]].
+    right = np.mean([10 / 13, 5 / 8, 6 / 6])
+    assert out["miou_classes_right"] == pytest.approx(right)
+    # No object classes, or every class an object: nothing to split.
+    assert _object_breakdown(matrix, names, []) is None
+    assert _object_breakdown(matrix, names, list(names)) is None
+    with pytest.raises(ValueError, match=r"unknown classes \['car'\]"):
+        _object_breakdown(matrix, names, ["jet", "car"])

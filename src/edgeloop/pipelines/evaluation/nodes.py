@@ -318,7 +318,13 @@ def _object_breakdown(
 
     None without `classes.object_classes`, or when they are every class.
     """
-    ids = [names.index(c) for c in object_classes if c in names]
+    unknown = [c for c in object_classes if c not in names]
+    if unknown:
+        raise ValueError(
+            f"classes.object_classes names unknown classes {unknown}; "
+            f"valid classes: {list(names)}"
+        )
+    ids = [names.index(c) for c in object_classes]
     if not ids or len(ids) == len(names):
         return None
     return {
