@@ -46,14 +46,11 @@ import torch
 
 from edgeloop import synthetic
 from edgeloop.metrics import (
-    ConfusionMatrix,
     SegmentationScores,
     object_matrix,
     right_class_matrix,
 )
-from edgeloop.models import IMAGENET_MEAN, IMAGENET_STD
-from edgeloop.predictor import Predictor
-from edgeloop.training import FitConfig, ModelInput, fit
+from edgeloop.training import FitConfig, ModelInput, fit, predicted_confusion
 
 CLASS_NAMES = ("background", "fighter_jet", "airliner", "light_aircraft")
 OBJECTS = (1, 2, 3)  # the aircraft classes
@@ -88,49 +85,29 @@ def recipe(model: Path | None, epochs: int | None, seed: int) -> FitConfig:
     return FitConfig.from_params(params, **overrides)
 
 
-def model_input(
-    scenes: list[synthetic.Scene], rng: np.random.Generator, val_frac: float
-) -> ModelInput:
-    n = len(scenes)
-    splits = np.full(n, "train", dtype=object)
-    splits[rng.permutation(n)[: max(1, round(val_frac * n))]] = "val"
+def model_input(scenes: list[synthetic.Scene], splits: np.ndarray) -> ModelInput:
     return ModelInput(
         images=np.stack([s.image for s in scenes]),
         masks=np.stack([s.mask for s in scenes]),
         image_ids=np.array([s.name for s in scenes]),
-        splits=splits.astype(str),
-        weights=np.ones(n),
+        splits=splits,
+        weights=np.ones(len(scenes)),
         class_names=CLASS_NAMES,
     )
-
-
-def confusion(
-    model: torch.nn.Module, images: np.ndarray, masks: np.ndarray
-) -> np.ndarray:
-    predictor = Predictor(
-        model,
-        class_names=CLASS_NAMES,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        batch_size=16,
-    )
-    cm = ConfusionMatrix(len(CLASS_NAMES))
-    for pred, mask in zip(
-        predictor.predict(list(images), with_scores=False), masks, strict=True
-    ):
-        cm.update(mask, pred.mask)
-    return cm.matrix
 
 
 def run_row(
     name: str, scenes: list[synthetic.Scene], test: ModelInput, args: argparse.Namespace
 ) -> dict[str, Any]:
-    data = model_input(scenes, np.random.default_rng(args.seed), args.val_frac)
+    splits = np.full(len(scenes), "train")
+    n_val = max(1, round(args.val_frac * len(scenes)))
+    splits[np.random.default_rng(args.seed).permutation(len(scenes))[:n_val]] = "val"
+    data = model_input(scenes, splits)
     config = recipe(args.model, args.epochs, args.seed)
     logging.info("%s: fitting %s on %d scenes", name, config.architecture, len(scenes))
     result = fit(config, data, progress=args.progress)
     train = data.split("train")
-    m_test = confusion(result.model, test.images, test.masks)
+    m_test = predicted_confusion(result.model, test)
     scores = SegmentationScores.from_matrix(m_test)
     return {
         "train set": name,
@@ -139,7 +116,7 @@ def run_row(
         "epochs": result.epochs_run,
         "fit s": int(round(result.seconds)),
         "train mIoU": SegmentationScores.from_matrix(
-            confusion(result.model, train.images, train.masks)
+            predicted_confusion(result.model, train)
         ).miou,
         "val mIoU": result.best_score,
         "test mIoU": scores.miou,
@@ -206,18 +183,10 @@ def main() -> None:
     if args.n < 10:
         parser.error("--n must be at least 10")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     gen = synthetic.generate_scenes
     ev = gen("eval", TEST_SCENES, size=args.size, seed=args.data_seed)
-    test = ModelInput(
-        images=np.stack([s.image for s in ev]),
-        masks=np.stack([s.mask for s in ev]),
-        image_ids=np.array([s.name for s in ev]),
-        splits=np.full(len(ev), "test"),
-        weights=np.ones(len(ev)),
-        class_names=CLASS_NAMES,
-    )
+    test = model_input(ev, np.full(len(ev), "test"))
     plans = {
         "collected": lambda: gen(
             "collected", args.n, size=args.size, seed=args.data_seed

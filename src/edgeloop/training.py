@@ -191,10 +191,10 @@ def class_weights(
     return torch.tensor(np.clip(weights, 0.05, 20.0), dtype=torch.float32)
 
 
-def validation_score(
-    model: torch.nn.Module, data: ModelInput, metric: str, *, batch_size: int = 16
-) -> float:
-    """The metric on a labelled set, through the shared predictor."""
+def predicted_confusion(
+    model: torch.nn.Module, data: ModelInput, *, batch_size: int = 16
+) -> np.ndarray:
+    """The confusion matrix of `model` on a labelled set, through the predictor."""
     predictor = Predictor(
         model,
         class_names=data.class_names,
@@ -206,7 +206,15 @@ def validation_score(
     preds = predictor.predict(list(data.images), with_scores=False)
     for pred, mask in zip(preds, data.masks, strict=True):
         cm.update(mask, pred.mask)
-    return float(metric_fn(metric, data.class_names)(cm.matrix))
+    return cm.matrix
+
+
+def validation_score(
+    model: torch.nn.Module, data: ModelInput, metric: str, *, batch_size: int = 16
+) -> float:
+    """The metric on a labelled set, through the shared predictor."""
+    matrix = predicted_confusion(model, data, batch_size=batch_size)
+    return float(metric_fn(metric, data.class_names)(matrix))
 
 
 def fit(
