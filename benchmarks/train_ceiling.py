@@ -22,7 +22,7 @@ table splits the error in two, from the confusion matrix alone
 - mIoU if every pixel found as aircraft had the right type (what confusing
   the three types costs).
 
-The recipe is the hyperparameters of the promoted iteration-0 model
+The recipe is the hyperparameters of the iteration-0 model the run trained
 (`--model`, default `data/06_models/iter_0/model/metadata.json`), or the
 built-in `RECIPE` (the default run's choice) when there is none. Each set is
 split 80/20 into train and val by `--seed`; sampling is uniform (the pipeline
@@ -72,7 +72,7 @@ RECIPE: dict[str, Any] = {
 
 
 def recipe(model: Path | None, epochs: int | None, seed: int) -> FitConfig:
-    """The promoted model's hyperparameters (or `RECIPE`), trained from scratch."""
+    """The iteration-0 model's hyperparameters (or `RECIPE`), trained from scratch."""
     params = dict(RECIPE)
     if model is not None and model.is_file():
         params = json.loads(model.read_text())["hyperparameters"]
