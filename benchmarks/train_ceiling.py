@@ -52,8 +52,8 @@ from edgeloop.metrics import (
 )
 from edgeloop.training import FitConfig, ModelInput, fit, predicted_confusion
 
-CLASS_NAMES = ("background", "fighter_jet", "airliner", "light_aircraft")
-OBJECTS = (1, 2, 3)  # the aircraft classes
+CLASS_NAMES = synthetic.CLASS_NAMES
+OBJECTS = tuple(range(1, len(CLASS_NAMES)))  # every class but background
 DEFAULT_MODEL = Path("data/06_models/iter_0/model/metadata.json")
 TEST_SCENES = 300
 # The default run's refit (UNet-ResNet18 won its sweep), for a project that
@@ -97,13 +97,16 @@ def model_input(scenes: list[synthetic.Scene], splits: np.ndarray) -> ModelInput
 
 
 def run_row(
-    name: str, scenes: list[synthetic.Scene], test: ModelInput, args: argparse.Namespace
+    name: str,
+    scenes: list[synthetic.Scene],
+    test: ModelInput,
+    config: FitConfig,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     splits = np.full(len(scenes), "train")
     n_val = max(1, round(args.val_frac * len(scenes)))
     splits[np.random.default_rng(args.seed).permutation(len(scenes))[:n_val]] = "val"
     data = model_input(scenes, splits)
-    config = recipe(args.model, args.epochs, args.seed)
     logging.info("%s: fitting %s on %d scenes", name, config.architecture, len(scenes))
     result = fit(config, data, progress=args.progress)
     train = data.split("train")
@@ -203,12 +206,13 @@ def main() -> None:
     unknown = set(args.only or ()) - set(plans)
     if unknown:
         parser.error(f"unknown rows {sorted(unknown)}; rows are {list(plans)}")
+    config = recipe(args.model, args.epochs, args.seed)
     rows = []
     start = time.perf_counter()
     for name, make in plans.items():
         if args.only and name not in args.only:
             continue
-        rows.append(run_row(name, make(), test, args))
+        rows.append(run_row(name, make(), test, config, args))
     print(
         f"\nTest set: {TEST_SCENES} eval scenes (synthetic seed {args.data_seed}), "
         f"{args.size}x{args.size}; {torch.get_num_threads()} torch threads; "

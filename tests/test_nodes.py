@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import make_folder_source
@@ -181,7 +182,6 @@ def test_slicing_pipeline_on_an_in_memory_catalog(tmp_path):
     ("decay", "gamma"), [("stretch", 0.9 ** (6 / 45)), ("keep", 0.9), ("bogus", None)]
 )
 def test_refit_decay_keeps_or_stretches_the_trial_gamma(monkeypatch, decay, gamma):
-    import numpy as np
     import torch
 
     from edgeloop.pipelines.training import nodes
@@ -249,8 +249,6 @@ def test_the_card_says_which_slices_the_last_rejection_boosted():
 
 
 def test_the_cards_object_breakdown_by_hand_and_its_bad_configs() -> None:
-    import numpy as np
-
     from edgeloop.pipelines.evaluation.nodes import _object_breakdown
 
     names = ("background", "jet", "prop")
