@@ -165,11 +165,19 @@ def _card(iteration: int = 0) -> dict:
     return json.loads(path.read_text())
 
 
-# The ci environment's own measured floors (64x64, 31 train images, 8 epochs per
-# trial; measured: test mIoU 0.2346 on the hard eval set, best val 0.3446): a
-# regression in training or evaluation fails here.
-CI_TEST_MIOU_FLOOR = 0.23
-CI_VAL_MIOU_FLOOR = 0.30
+# The ci environment's own measured floors (64x64, 31 train and 9 val images,
+# 16 epochs per trial, conf/ci/parameters_training.yml). Measured on an AVX2
+# machine with training seeds 0 / 1 / 2: best val mIoU 0.372 / 0.383 / 0.393,
+# test mIoU 0.274 / 0.248 / 0.232, test object IoU 0.217 / 0.226 / 0.131. The
+# same seeds with channels-last convolutions (other floating-point rounding,
+# as on another CPU): val 0.286 / 0.391 / 0.371, test 0.257 / 0.265 / 0.240,
+# object IoU 0.239 / 0.224 / 0.183. Predicting background everywhere scores
+# val 0.226, test 0.225 and object IoU 0: the 24 hard test images are near
+# that level at this size, so the object IoU floor is what catches a model
+# that stopped finding aircraft. The floors sit below the lowest of the six.
+CI_TEST_MIOU_FLOOR = 0.22
+CI_VAL_MIOU_FLOOR = 0.27
+CI_TEST_OBJECT_IOU_FLOOR = 0.10
 
 
 def _execute_notebook(path: Path) -> str:
@@ -219,7 +227,7 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
     # Where the errors are: aircraft found at all, and their types told apart.
     objects = card["results"]["objects"]
     assert objects["classes"] == ["fighter_jet", "airliner", "light_aircraft"]
-    assert 0.0 < objects["object_iou"] <= 1.0
+    assert CI_TEST_OBJECT_IOU_FLOOR <= objects["object_iou"] <= 1.0
     # Type confusions moved onto the diagonal can only raise the score.
     assert card["results"]["miou"] <= objects["miou_classes_right"] <= 1.0
     md = Path("data/08_reporting/iter_0/model_card.md").read_text()
