@@ -1,12 +1,16 @@
-"""Dataset fingerprints in the card: same content, same fingerprint."""
+"""Run hooks: dataset fingerprints in the card (same content, same
+fingerprint), and where a run's time went."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
+from types import SimpleNamespace
 
 import pandas as pd
 
-from edgeloop.hooks import fingerprint
+from edgeloop.hooks import RUN_TIMINGS_PATH, RunTimingHook, fingerprint
 
 
 def _models(trained_at: str, score: float = 0.5) -> pd.DataFrame:
@@ -37,3 +41,43 @@ def test_table_fingerprints_ignore_row_order_and_when_rows_were_written():
     # Elsewhere `ts` is data (e.g. when a prediction was made).
     preds = pd.DataFrame({"request_id": ["r"], "ts": bugs["ts"]})
     assert fingerprint(preds) != fingerprint(preds.assign(ts=later["ts"]))
+
+
+def test_run_timings_are_written_in_order_with_failures_marked(tmp_path, caplog):
+    hook = RunTimingHook(top=1)
+    params = {"project_path": str(tmp_path), "pipeline_names": ["training"],
+              "env": "ci", "runtime_params": {"iteration": 1}}  # fmt: skip
+    fast, slow = SimpleNamespace(name="fast"), SimpleNamespace(name="slow")
+    hook.before_pipeline_run(params)
+    hook.before_node_run(fast)
+    hook.after_node_run(fast)
+    hook.before_node_run(slow)
+    time.sleep(0.05)
+    hook.after_node_run(slow)
+    with caplog.at_level(logging.INFO, logger="edgeloop.hooks"):
+        hook.after_pipeline_run(params)
+    record = json.loads((tmp_path / RUN_TIMINGS_PATH).read_text())
+    assert [n["node"] for n in record["nodes"]] == ["fast", "slow"]
+    assert [n["status"] for n in record["nodes"]] == ["ok", "ok"]
+    fast_s, slow_s = (n["seconds"] for n in record["nodes"])
+    assert 0 <= fast_s < 0.05 <= slow_s <= record["total_seconds"]
+    assert (record["status"], record["env"]) == ("ok", "ci")
+    assert record["runtime_params"] == {"iteration": 1}
+    # The log names only the slowest node (top=1).
+    assert "slowest nodes: slow " in caplog.text and "fast" not in caplog.text
+
+    # A failing run replaces the file; its failing node is marked.
+    hook.before_pipeline_run(params)
+    hook.before_node_run(slow)
+    hook.on_node_error(slow)
+    hook.on_pipeline_error(params)
+    record = json.loads((tmp_path / RUN_TIMINGS_PATH).read_text())
+    assert record["status"] == "failed"
+    assert record["nodes"] == [
+        {"node": "slow", "seconds": record["nodes"][0]["seconds"], "status": "failed"}
+    ]
+    # A node that never started is not recorded; a second finish writes nothing.
+    hook.after_node_run(fast)
+    (tmp_path / RUN_TIMINGS_PATH).unlink()
+    hook.after_pipeline_run(params)
+    assert not (tmp_path / RUN_TIMINGS_PATH).exists()

@@ -260,6 +260,20 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
     assert set(preds["model_version"]) == {row["model_version"]}
     # The stream's own timestamps (several days), not the time of scoring.
     assert preds["date"].nunique() > 1
+    # Where the run's time went (RunTimingHook): every node in order, all ok.
+    timings = json.loads(Path("data/08_reporting/run_timings.json").read_text())
+    assert (timings["status"], timings["env"]) == ("ok", "ci")
+    ran = [n["node"] for n in timings["nodes"]]
+    assert len(ran) == len(set(ran)) and {n["status"] for n in timings["nodes"]} == {
+        "ok"
+    }
+    assert (
+        ran.index("sweep_hyperparameters")
+        < ran.index("refit_best_trial")
+        < ran.index("write_model_card")
+        < ran.index("score_images")
+    )
+    assert sum(n["seconds"] for n in timings["nodes"]) <= timings["total_seconds"]
     assert preds["ts"].min() >= pd.Timestamp("2026-01-05", tz="UTC")
     # ... then discovers: review tasks, embeddings, and a labeling queue.
     acq = json.loads(

@@ -1,9 +1,12 @@
-"""Provenance hook: records what every node loaded, for the model card.
+"""Run hooks: provenance for the model card, and where a run's time went.
 
-For each dataset loaded during a run it records a content fingerprint
-(deterministic: same data, same fingerprint) and, for versioned datasets, the
-Kedro load version (a timestamp: volatile) or the Delta version read. The card
-node reads the record through the `run_provenance` catalog entry.
+`ProvenanceHook`: for each dataset loaded during a run it records a content
+fingerprint (deterministic: same data, same fingerprint) and, for versioned
+datasets, the Kedro load version (a timestamp: volatile) or the Delta version
+read. The card node reads the record through the `run_provenance` catalog entry.
+
+`RunTimingHook`: wall-clock seconds per node, logged and written to
+`data/08_reporting/run_timings.json` after every run.
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,3 +134,95 @@ class ProvenanceHook:
         except Exception as err:  # noqa: BLE001 - provenance must never break a run
             log.debug("no load version for %s: %s", dataset_name, err)
         self._record["datasets"][dataset_name] = entry
+
+
+# Where `RunTimingHook` writes, relative to the project.
+RUN_TIMINGS_PATH = Path("data/08_reporting/run_timings.json")
+
+
+class RunTimingHook:
+    """Times every node of a run: the slowest are logged, all are written down.
+
+    After each run, failed ones included, `<project>/data/08_reporting/
+    run_timings.json` holds the pipelines, env and runtime params, the total
+    seconds, and every node that ran in order with its seconds and status
+    (``ok`` or ``failed``). A node's seconds are its function's; loading and
+    saving its catalog datasets count only in the total. Each run replaces the
+    file. Timings are wall clock, so nothing deterministic (cards,
+    reproduction) reads them.
+
+    Args:
+        top: How many of the slowest nodes the log line names.
+    """
+
+    def __init__(self, top: int = 5) -> None:
+        self.top = top
+        self._start: float | None = None
+        self._open: dict[str, float] = {}
+        self._nodes: list[dict[str, Any]] = []
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        self._start = time.perf_counter()
+        self._open, self._nodes = {}, []
+
+    @hook_impl
+    def before_node_run(self, node: Any) -> None:
+        self._open[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        self._close(node.name, "ok")
+
+    @hook_impl
+    def on_node_error(self, node: Any) -> None:
+        self._close(node.name, "failed")
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        self._finish(run_params, "ok")
+
+    @hook_impl
+    def on_pipeline_error(self, run_params: dict[str, Any]) -> None:
+        self._finish(run_params, "failed")
+
+    def _close(self, name: str, status: str) -> None:
+        started = self._open.pop(name, None)
+        if started is not None:
+            seconds = round(time.perf_counter() - started, 3)
+            self._nodes.append({"node": name, "seconds": seconds, "status": status})
+
+    def _finish(self, run_params: dict[str, Any], status: str) -> None:
+        if self._start is None:
+            return
+        elapsed = time.perf_counter() - self._start
+        total = round(elapsed, 3)
+        self._start = None
+        slowest = sorted(self._nodes, key=lambda n: -n["seconds"])[: self.top]
+        log.info(
+            "run %s in %.1f s; slowest nodes: %s",
+            status,
+            total,
+            ", ".join(
+                f"{n['node']} {n['seconds']:.1f} s ({n['seconds'] / elapsed:.0%})"
+                for n in slowest
+            )
+            or "none",
+        )
+        record = {
+            "status": status,
+            "finished_at": datetime.now(UTC).isoformat(),
+            "pipeline_names": run_params.get("pipeline_names"),
+            "env": run_params.get("env"),
+            "runtime_params": run_params.get("runtime_params") or {},
+            "total_seconds": total,
+            "nodes": self._nodes,
+        }
+        path = Path(run_params.get("project_path") or ".") / RUN_TIMINGS_PATH
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            os.replace(tmp, path)
+        except OSError as err:  # timings must never fail a run
+            log.warning("could not write %s: %s", path, err)

@@ -11,6 +11,6 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
 }
 
-from edgeloop.hooks import ProvenanceHook  # noqa: E402
+from edgeloop.hooks import ProvenanceHook, RunTimingHook  # noqa: E402
 
-HOOKS = (ProvenanceHook(),)
+HOOKS = (ProvenanceHook(), RunTimingHook())
