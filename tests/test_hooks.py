@@ -62,6 +62,7 @@ def test_run_timings_are_written_in_order_with_failures_marked(tmp_path, caplog)
     fast_s, slow_s = (n["seconds"] for n in record["nodes"])
     assert 0 <= fast_s < 0.05 <= slow_s <= record["total_seconds"]
     assert (record["status"], record["env"]) == ("ok", "ci")
+    assert record["pipeline_names"] == ["training"]
     assert record["runtime_params"] == {"iteration": 1}
     # The log names only the slowest node (top=1).
     assert "slowest nodes: slow " in caplog.text and "fast" not in caplog.text

@@ -263,6 +263,7 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
     # Where the run's time went (RunTimingHook): every node in order, all ok.
     timings = json.loads(Path("data/08_reporting/run_timings.json").read_text())
     assert (timings["status"], timings["env"]) == ("ok", "ci")
+    assert timings["pipeline_names"] == ["__default__"]
     ran = [n["node"] for n in timings["nodes"]]
     assert len(ran) == len(set(ran)) and {n["status"] for n in timings["nodes"]} == {
         "ok"

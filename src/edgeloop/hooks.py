@@ -212,7 +212,8 @@ class RunTimingHook:
         record = {
             "status": status,
             "finished_at": datetime.now(UTC).isoformat(),
-            "pipeline_names": run_params.get("pipeline_names"),
+            # `kedro run` without --pipelines runs __default__ and says [].
+            "pipeline_names": run_params.get("pipeline_names") or ["__default__"],
             "env": run_params.get("env"),
             "runtime_params": run_params.get("runtime_params") or {},
             "total_seconds": total,
