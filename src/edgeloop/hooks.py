@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
+
+from edgeloop.datasets.model_input import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +221,8 @@ class RunTimingHook:
             "nodes": self._nodes,
         }
         path = Path(run_params.get("project_path") or ".") / RUN_TIMINGS_PATH
+        text = json.dumps(record, indent=2, default=str) + "\n"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-            os.replace(tmp, path)
+            atomic_write(path, text.encode())
         except OSError as err:  # timings must never fail a run
             log.warning("could not write %s: %s", path, err)

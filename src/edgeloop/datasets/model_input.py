@@ -49,7 +49,8 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return out.astype(np.uint8)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Writes `data` to a temp file beside `path`, then renames it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     tmp.write_bytes(data)
@@ -76,7 +77,7 @@ class ModelInputDataset(AbstractDataset[ModelInput, ModelInput]):
             weights=data.weights,
             class_names=np.array(data.class_names, dtype=str),
         )
-        _atomic_write(self._filepath, buf.getvalue())
+        atomic_write(self._filepath, buf.getvalue())
 
     def load(self) -> ModelInput:
         with np.load(self._filepath, allow_pickle=False) as z:
@@ -120,7 +121,7 @@ class TrainedModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
         self._path.mkdir(parents=True, exist_ok=True)
         save_weights(self._path / "weights.pt", data.state_dict)
         meta = json.dumps(dict(data.metadata), indent=1, sort_keys=True, default=str)
-        _atomic_write(self._path / "metadata.json", meta.encode())
+        atomic_write(self._path / "metadata.json", meta.encode())
 
     def load(self) -> TrainedModel:
         state = load_weights(self._path / "weights.pt")
