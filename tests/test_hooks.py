@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -82,3 +84,12 @@ def test_run_timings_are_written_in_order_with_failures_marked(tmp_path, caplog)
     (tmp_path / RUN_TIMINGS_PATH).unlink()
     hook.after_pipeline_run(params)
     assert not (tmp_path / RUN_TIMINGS_PATH).exists()
+
+
+def test_project_settings_import_without_torch():
+    # Kedro imports settings (and so the hooks) at every CLI start, `--help` too.
+    code = "import sys, edgeloop.settings; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

@@ -24,7 +24,7 @@ import pandas as pd
 from kedro.framework.hooks import hook_impl
 from kedro.io import MemoryDataset
 
-from edgeloop.datasets.model_input import atomic_write
+from edgeloop.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ from kedro.io import AbstractDataset
 from kedro_datasets._typing import ImagePreview
 from PIL import Image
 
+from edgeloop.fileio import atomic_write
 from edgeloop.models import load_weights, save_weights
 from edgeloop.registry import TrainedModel
 from edgeloop.training import ModelInput
@@ -47,14 +46,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     out = image.astype(np.float32)
     out[blend] = (1 - alpha) * out[blend] + alpha * colours[blend]
     return out.astype(np.uint8)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Writes `data` to a temp file beside `path`, then renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class ModelInputDataset(AbstractDataset[ModelInput, ModelInput]):
