@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,8 +96,6 @@ def label_studio(tmp_path: Path, project: Path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
-        import httpx
-
         while True:
             try:
                 if httpx.get(url + "/health", timeout=2).status_code == 200:
@@ -167,6 +166,36 @@ def test_label_studio_round_trip_then_train(label_studio, monkeypatch):
     assert len(tasks) == 6
     # Every task carries the pre-annotations of both methods, in brush RLE.
     assert all(len(t.predictions) == 2 for t in tasks)
+    # ... and Label Studio serves its image (it serves local files only under a
+    # local-files storage of the project: without one, every image is a 404).
+    blobs = {r.image_id: r.blob_uri for r in lake.read("images").itertuples()}
+    blobs |= {
+        r.image_id: r.image_blob
+        for r in lake.read(
+            "predictions", columns=["image_id", "image_blob"]
+        ).itertuples()
+    }
+    auth = {"Authorization": f"Token {TOKEN}"}
+    for task in tasks:
+        got = httpx.get(label_studio + task.data["image"], headers=auth, timeout=30)
+        assert got.status_code == 200, (task.data["image"], got.status_code)
+        assert got.content == lake.get_blob(blobs[task.data["image_id"]])
+    storage_dir = str((Path("data/lake") / "blobs").resolve())
+    assert pushed["local_storage"] == storage_dir
+    # Pushing again reuses the project and its storage.
+    again = labelstudio.push_tasks(
+        ls,
+        title=TITLE,
+        label_config=project.label_config,
+        tasks=[],
+        local_files_dir=storage_dir,
+    )
+    assert again["project_id"] == project.id
+    storages = list(ls.import_storage.local.list(project=project.id))
+    assert [s.path for s in storages] == [storage_dir]
+    # A folder Label Studio may not serve is refused with its reason.
+    with pytest.raises(ValueError, match="must be a subdirectory of LOCAL_FILES"):
+        labelstudio.ensure_local_storage(ls, project.id, Path.cwd().parent)
 
     truth = _truth_by_image_id()
     names = ["background", "fighter_jet", "airliner", "light_aircraft"]

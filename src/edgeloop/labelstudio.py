@@ -294,21 +294,73 @@ def client(url: str, token: str) -> Any:
 
 
 def push_tasks(
-    ls: Any, *, title: str, label_config: str, tasks: list[dict]
+    ls: Any,
+    *,
+    title: str,
+    label_config: str,
+    tasks: list[dict],
+    local_files_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Creates (or reuses, by title) a project and imports `tasks` into it.
 
+    Args:
+        local_files_dir: The folder holding the tasks' images (absolute, under
+            Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), connected to
+            the project by `ensure_local_storage` so Label Studio serves them.
+
     Returns:
-        {"project_id", "title", "tasks"}: the project and how many were sent.
+        {"project_id", "title", "tasks"}: the project and how many were sent,
+        and "local_storage" (the folder) when one was given.
     """
     project = next((p for p in ls.projects.list() if p.title == title), None)
     if project is None:
         project = ls.projects.create(title=title, label_config=label_config)
     else:
         ls.projects.update(id=project.id, label_config=label_config)
+    report: dict[str, Any] = {"project_id": int(project.id), "title": title}
+    if local_files_dir is not None:
+        report["local_storage"] = ensure_local_storage(ls, project.id, local_files_dir)
     if tasks:
         ls.projects.import_tasks(id=project.id, request=tasks)
-    return {"project_id": int(project.id), "title": title, "tasks": len(tasks)}
+    return report | {"tasks": len(tasks)}
+
+
+def ensure_local_storage(ls: Any, project_id: int, folder: str | Path) -> str:
+    """Connects `folder` to a project as a local-files storage, once.
+
+    Label Studio serves `/data/local-files/?d=<path>` only for files under a
+    local-files storage of a project the user can see; any other file is a 404,
+    so pushed tasks would show no image. The storage is created without a sync:
+    a sync would turn every file in the folder into a task.
+
+    Returns:
+        The folder as an absolute path (the storage's path).
+
+    Raises:
+        ValueError: Label Studio refused the folder (not a folder, outside
+            LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, or local-files serving is off).
+    """
+    path = str(Path(folder).resolve())
+    existing = ls.import_storage.local.list(project=project_id)
+    if any(getattr(s, "path", None) == path for s in existing):
+        return path
+    try:
+        ls.import_storage.local.create(
+            project=project_id,
+            path=path,
+            title="edgeloop images",
+            use_blob_urls=False,
+        )
+    except Exception as err:  # the sdk's ApiError: its body says why
+        body = getattr(err, "body", None) or err
+        if isinstance(body, dict):
+            body = body.get("validation_errors") or body.get("detail") or body
+        raise ValueError(
+            f"Label Studio refused {path} as a local-files storage ({body}); "
+            "start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a folder above it"
+        ) from err
+    return path
 
 
 def fetch_export(ls: Any, project_id: int) -> bytes:

@@ -168,12 +168,15 @@ PARTITIONS: dict[str, list[str]] = {"predictions": ["date"]}
 ORIGINS = ("seed", "human", "pseudo")
 
 
+BLOB_DIR = "blobs"  # under the lake root
+
+
 def blob_uri(data: bytes, *, kind: str, ext: str = "png") -> str:
     """The root-relative URI `Lake.put_blob` stores `data` under (its sha256)."""
     if not kind.isidentifier():
         raise LakeError(f"blob kind must be an identifier, got {kind!r}")
     digest = sha256(data)
-    return f"blobs/{kind}/{digest[:2]}/{digest}.{ext}"
+    return f"{BLOB_DIR}/{kind}/{digest[:2]}/{digest}.{ext}"
 
 
 class LakeError(ValueError):

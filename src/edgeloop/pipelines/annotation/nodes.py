@@ -23,6 +23,7 @@ from edgeloop.classmap import ClassMap
 from edgeloop.features import image_features
 from edgeloop.imaging import decode_image, encode_png
 from edgeloop.lake import (
+    BLOB_DIR,
     ImageRecord,
     LabelRecord,
     LabelRegistry,
@@ -84,6 +85,7 @@ def export_annotation_tasks(
             title=str(push.get("project_title", "edgeloop labeling")),
             label_config=config,
             tasks=tasks,
+            local_files_dir=Path(lake.root) / BLOB_DIR,
         )
         report["pushed"] = True
         log.info("pushed %d task(s) to Label Studio at %s", len(tasks), creds["url"])
