@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgeloop import lsrle
+from edgeloop import labelstudio, lsrle
 from edgeloop.annotation import (
     ExportRejected,
     annotation_tasks,
@@ -191,3 +191,13 @@ def test_tasks_put_doubtful_pre_annotations_first_and_the_config_has_generics():
     assert 'value="aeroplane?"' in xml and 'value="airliner"' in xml
     with pytest.raises(ValueError, match="clash"):
         labeling_config(NAMES, [[0, 0, 0]] * 4, generic_labels=["airliner"])
+
+
+@pytest.mark.parametrize("title", ["ab", "x" * 51])
+def test_a_project_title_label_studio_would_refuse_fails_before_any_request(title):
+    class NoServer:  # any request would fail differently
+        def __getattr__(self, name):
+            raise AssertionError(f"touched Label Studio: {name}")
+
+    with pytest.raises(ValueError, match="3 to 50 characters"):
+        labelstudio.push_tasks(NoServer(), title=title, label_config="", tasks=[])

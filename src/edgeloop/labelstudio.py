@@ -293,6 +293,9 @@ def client(url: str, token: str) -> Any:
     return LabelStudio(base_url=url, api_key=token)
 
 
+TITLE_LENGTH = (3, 50)  # Label Studio's PROJECT_TITLE_MIN_LEN / MAX_LEN
+
+
 def push_tasks(
     ls: Any,
     *,
@@ -311,7 +314,15 @@ def push_tasks(
     Returns:
         {"project_id", "title", "tasks"}: the project and how many were sent,
         and "local_storage" (the folder) when one was given.
+
+    Raises:
+        ValueError: a title Label Studio would refuse (3 to 50 characters).
     """
+    if not TITLE_LENGTH[0] <= len(title) <= TITLE_LENGTH[1]:
+        raise ValueError(
+            f"Label Studio project titles have {TITLE_LENGTH[0]} to "
+            f"{TITLE_LENGTH[1]} characters, got {title!r}"
+        )
     project = next((p for p in ls.projects.list() if p.title == title), None)
     if project is None:
         project = ls.projects.create(title=title, label_config=label_config)
