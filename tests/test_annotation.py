@@ -201,3 +201,19 @@ def test_a_project_title_label_studio_would_refuse_fails_before_any_request(titl
 
     with pytest.raises(ValueError, match="3 to 50 characters"):
         labelstudio.push_tasks(NoServer(), title=title, label_config="", tasks=[])
+
+
+def test_exports_are_the_json_files_of_the_folder_and_a_file_is_refused(tmp_path):
+    folder = tmp_path / "exports"
+    assert labelstudio.collect_exports(folder, None, default_title="x") == []
+    folder.mkdir()
+    for name in ("b.json", "A.JSON", "notes.txt"):
+        (folder / name).write_text(name)
+    (folder / "sub.json").mkdir()  # a folder named like an export is not one
+    got = labelstudio.collect_exports(folder, {"enabled": False}, default_title="x")
+    assert got == [
+        (str(folder / "A.JSON"), b"A.JSON"),
+        (str(folder / "b.json"), b"b.json"),
+    ]
+    with pytest.raises(ValueError, match="is not a folder"):
+        labelstudio.collect_exports(folder / "b.json", None, default_title="x")

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import httpx
@@ -33,6 +34,7 @@ from edgeloop.lake import Lake
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "edgeloop-test-token-0123456789"
 TITLE = "edgeloop labeling"
+REVIEW_TITLE = "edgeloop review"
 
 
 def _label_studio_bin() -> Path | None:
@@ -154,6 +156,7 @@ def test_label_studio_round_trip_then_train(label_studio, monkeypatch):
         acquisition={"budget": 6},
         pseudo_labelling={"methods": ["own_model", "slic"]},
         annotation={"push": {"enabled": True, "project_title": TITLE}},
+        review={"push": {"enabled": True, "project_title": REVIEW_TITLE}},
     )
     pushed = json.loads(
         Path("data/08_reporting/iter_0/annotation_push_report.json").read_text()
@@ -259,6 +262,60 @@ def test_label_studio_round_trip_then_train(label_studio, monkeypatch):
         },
     )
     assert lake.version("labels") == labels_before + 1
+
+    _review_round_trip(ls, label_studio, lake)
+
+
+def _review_round_trip(ls, url: str, lake: Lake) -> None:
+    """The review tasks `discover` pushed: a verdict comes back as a bug."""
+    review_tasks = json.loads(
+        Path("data/07_model_output/iter_0/review_tasks.json").read_text()
+    )
+    report = json.loads(
+        Path("data/08_reporting/iter_0/review_push_report.json").read_text()
+    )
+    assert report["pushed"] and report["tasks"] == len(review_tasks) > 0
+    project = next(p for p in ls.projects.list() if p.title == REVIEW_TITLE)
+    assert report["project_id"] == project.id
+    tasks = list(ls.tasks.list(project=project.id, fields="all"))
+    assert len(tasks) == len(review_tasks)
+    task = tasks[0]
+    got = httpx.get(
+        url + task.data["image"], headers={"Authorization": f"Token {TOKEN}"}
+    )
+    assert got.status_code == 200 and got.content[:4] == b"\x89PNG"
+    config = ET.fromstring(
+        Path("data/07_model_output/iter_0/review_labeling_config.xml").read_text()
+    )
+    tag = config.find("./Choices[@name='condition']/Choice").get("value")
+    ls.annotations.create(
+        id=task.id,
+        result=[
+            {
+                "from_name": name,
+                "to_name": "image",
+                "type": "choices",
+                "value": {"choices": [value]},
+            }
+            for name, value in (("verdict", "bug"), ("condition", tag))
+        ],
+    )
+    pull = {"from_label_studio": {"enabled": True, "project_title": REVIEW_TITLE}}
+    for _ in range(2):  # the second import adds nothing
+        _run(
+            ["review"], ["import_review_verdicts"], iteration=1, review={"import": pull}
+        )
+    imported = json.loads(
+        Path("data/08_reporting/iter_1/review_import_report.json").read_text()
+    )
+    assert imported["files"] == [f"label-studio:{REVIEW_TITLE}"]
+    verdicts = lake.read("review_verdicts")
+    assert len(verdicts) == 1
+    assert verdicts.loc[0, "verdict"] == "bug"
+    assert verdicts.loc[0, "request_id"] == task.data["request_id"]
+    bugs = lake.read("edge_cases")
+    assert list(bugs["tag"].unique()) == [tag]
+    assert set(bugs["status"]) == {"open"}
 
 
 def test_rle_of_the_sdk_matches_ours():

@@ -5,18 +5,20 @@
 - Reading a JSON export safely: `load_export` checks the file's shape,
   `check_image_url` rejects URLs that could reach outside the allowed roots, and
   `latest_annotation` picks the annotation that counts.
-- `client` and `push_tasks`: an optional direct push through `label-studio-sdk`,
-  with the URL and token from `conf/local/credentials.yml`.
+- `client`, `push_if_enabled` / `push_tasks` and `collect_exports` /
+  `fetch_export`: an optional direct push of tasks, and pull of exports, through
+  `label-studio-sdk`, with the URL and token from `conf/local/credentials.yml`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -25,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from edgeloop import lsrle
+
+log = logging.getLogger(__name__)
 
 MAX_TASKS = 100_000
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
@@ -372,6 +376,78 @@ def ensure_local_storage(ls: Any, project_id: int, folder: str | Path) -> str:
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a folder above it"
         ) from err
     return path
+
+
+def push_if_enabled(
+    push: Mapping[str, Any] | None,
+    *,
+    default_title: str,
+    label_config: str,
+    tasks: list[dict],
+    local_files_dir: str | Path,
+) -> dict[str, Any]:
+    """`push_tasks` to the Label Studio of `credentials()` when `push.enabled`.
+
+    The one push of every task kind (review, labeling): `push` is a pipeline's
+    `push` parameters, `{enabled, project_title}`.
+
+    Returns:
+        {"tasks", "pushed"}, plus `push_tasks`'s report when pushed.
+    """
+    report: dict[str, Any] = {"tasks": len(tasks), "pushed": False}
+    push = push or {}
+    if not push.get("enabled"):
+        return report
+    creds = credentials()
+    ls = client(creds["url"], creds["token"])
+    report |= push_tasks(
+        ls,
+        title=str(push.get("project_title") or default_title),
+        label_config=label_config,
+        tasks=tasks,
+        local_files_dir=local_files_dir,
+    )
+    report["pushed"] = True
+    log.info("pushed %d task(s) to Label Studio at %s", len(tasks), creds["url"])
+    return report
+
+
+def collect_exports(
+    folder: str | Path,
+    pull: Mapping[str, Any] | None,
+    *,
+    default_title: str,
+) -> list[tuple[str, bytes]]:
+    """(source, bytes) of every Label Studio export to import.
+
+    The `*.json` files in `folder` (missing: none), then, with `pull.enabled`,
+    the JSON export of the Label Studio project titled `pull.project_title`
+    (source `label-studio:<title>`), through the SDK.
+
+    Raises:
+        ValueError: `folder` is not a folder; no project has that title.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"exports folder {str(folder)!r} is not a folder")
+    files = (
+        sorted(
+            p for p in folder.iterdir() if p.suffix.lower() == ".json" and p.is_file()
+        )
+        if folder.exists()
+        else []
+    )
+    out = [(str(p), p.read_bytes()) for p in files]
+    pull = pull or {}
+    if pull.get("enabled"):
+        creds = credentials()
+        ls = client(creds["url"], creds["token"])
+        title = str(pull.get("project_title") or default_title)
+        project = next((p for p in ls.projects.list() if p.title == title), None)
+        if project is None:
+            raise ValueError(f"no Label Studio project titled {title!r}")
+        out.append((f"label-studio:{title}", fetch_export(ls, project.id)))
+    return out
 
 
 def fetch_export(ls: Any, project_id: int) -> bytes:

@@ -75,39 +75,24 @@ def export_annotation_tasks(
         for r in queue.itertuples()
     }
     tasks = annotation_tasks(queue, pres, image_urls=urls)
-    report: dict[str, Any] = {"tasks": len(tasks), "pushed": False}
-    push = annotation.get("push") or {}
-    if push.get("enabled"):
-        creds = labelstudio.credentials()
-        ls = labelstudio.client(creds["url"], creds["token"])
-        report |= labelstudio.push_tasks(
-            ls,
-            title=str(push.get("project_title", "edgeloop labeling")),
-            label_config=config,
-            tasks=tasks,
-            local_files_dir=Path(lake.root) / BLOB_DIR,
-        )
-        report["pushed"] = True
-        log.info("pushed %d task(s) to Label Studio at %s", len(tasks), creds["url"])
+    report = labelstudio.push_if_enabled(
+        annotation.get("push"),
+        default_title="edgeloop labeling",
+        label_config=config,
+        tasks=tasks,
+        local_files_dir=Path(lake.root) / BLOB_DIR,
+    )
     log.info("exported %d labeling task(s) for Label Studio", len(tasks))
     return tasks, config, report
 
 
 def _exports(settings: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     """(source, bytes) of every export to import: the files, then Label Studio."""
-    folder = Path(settings.get("exports_dir", "data/01_raw/annotation_exports"))
-    files = sorted(p for p in folder.glob("*.json") if p.is_file())
-    out = [(str(p), p.read_bytes()) for p in files]
-    pull = settings.get("from_label_studio") or {}
-    if pull.get("enabled"):
-        creds = labelstudio.credentials()
-        ls = labelstudio.client(creds["url"], creds["token"])
-        title = str(pull.get("project_title", "edgeloop labeling"))
-        project = next((p for p in ls.projects.list() if p.title == title), None)
-        if project is None:
-            raise ValueError(f"no Label Studio project titled {title!r}")
-        out.append((f"label-studio:{title}", labelstudio.fetch_export(ls, project.id)))
-    return out
+    return labelstudio.collect_exports(
+        settings.get("exports_dir", "data/01_raw/annotation_exports"),
+        settings.get("from_label_studio"),
+        default_title="edgeloop labeling",
+    )
 
 
 def _candidate_images(lake: Lake, images: pd.DataFrame) -> pd.DataFrame:

@@ -13,8 +13,8 @@ from matplotlib.figure import Figure
 
 from edgeloop.classmap import ClassMap
 from edgeloop.imaging import decode_mask
-from edgeloop.labelstudio import local_files_url
-from edgeloop.lake import Lake
+from edgeloop.labelstudio import collect_exports, local_files_url, push_if_enabled
+from edgeloop.lake import BLOB_DIR, Lake
 from edgeloop.prodlog import predictions_between
 from edgeloop.review import (
     CLUSTER_COLUMN,
@@ -154,21 +154,14 @@ def build_review(
 # -- Label Studio round trip: review tasks out, verdicts in -----------------------
 
 
-def _export_files(folder: Path) -> list[Path]:
-    if not folder.exists():
-        return []
-    if not folder.is_dir():
-        raise ValueError(f"review.import.exports_dir {str(folder)!r} is not a folder")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json")
-
-
 def import_review_verdicts(
     lake: Lake,
     review: Mapping[str, Any],
     slicing: Mapping[str, Any],
     iteration: int,
 ) -> tuple[dict[str, Any], pd.DataFrame, Lake]:
-    """Reads every Label Studio review export in `review.import.exports_dir`.
+    """Reads every Label Studio review export in `review.import.exports_dir`,
+    and the project's own export with `review.import.from_label_studio.enabled`.
 
     Every file is parsed and checked before anything is written: a malicious
     file (path traversal, absolute paths, URLs outside the allowed prefixes,
@@ -186,21 +179,23 @@ def import_review_verdicts(
         (review.get("tasks") or {}).get("url_prefix", "/data/local-files/?d=")
     ]
     vocabulary = list(slicing.get("condition_tags") or [])
-    files = _export_files(folder)
+    exports = collect_exports(
+        folder, settings.get("from_label_studio"), default_title="edgeloop review"
+    )
     parsed, quarantined = [], []
-    for path in files:
+    for source, raw in exports:
         try:
             verdicts, quarantine = parse_review_export(
-                path.read_bytes(),
+                raw,
                 vocabulary=vocabulary,
                 allowed_url_prefixes=prefixes,
             )
         except ReviewImportError as err:
             raise ReviewImportError(
-                f"{path}: rejected whole, nothing imported: {err}"
+                f"{source}: rejected whole, nothing imported: {err}"
             ) from err
         parsed.append(verdicts)
-        quarantined.append(quarantine.assign(file=str(path)))
+        quarantined.append(quarantine.assign(file=source))
     verdicts = (
         pd.concat(parsed, ignore_index=True)
         if parsed
@@ -223,7 +218,7 @@ def import_review_verdicts(
     bugs_version = lake.append("edge_cases", events) if len(events) else None
     report = {
         "exports_dir": str(folder),
-        "files": [str(p) for p in files],
+        "files": [source for source, _ in exports],
         "verdicts": len(verdicts),
         "bugs_flagged": int((verdicts["verdict"] == "bug").sum())
         if len(verdicts)
@@ -234,12 +229,12 @@ def import_review_verdicts(
         "new_bugs": sorted(events.loc[events["status"] == "open", "bug_id"].unique()),
         "edge_cases_version": bugs_version,
     }
-    if files:
+    if exports:
         log.info(
             "imported %d review verdict(s) from %d export(s) (%d quarantined); "
             "%d bug event(s)",
             len(verdicts),
-            len(files),
+            len(exports),
             len(quarantine),
             len(events),
         )
@@ -259,22 +254,41 @@ def export_review_tasks(
     review: Mapping[str, Any],
     classes: Mapping[str, Any],
     slicing: Mapping[str, Any],
-) -> tuple[list[dict], str]:
+) -> tuple[list[dict], str, dict[str, Any]]:
     """The review queue as Label Studio tasks, plus the labeling config XML.
 
     Images are served by Label Studio's local-files storage: start it with
     `LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true` and
     `LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<review.tasks.document_root>`.
+    With `review.push.enabled` the tasks also go straight to a running Label
+    Studio (URL and token from `conf/local/credentials.yml`, `label_studio:`).
+
+    Returns:
+        (tasks, labeling config XML, push report).
     """
-    settings = review.get("tasks") or {}
-    prefix = settings.get("url_prefix", "/data/local-files/?d=")
-    root = Path(settings.get("document_root", "."))
     cm = ClassMap.from_params(classes)
     config = review_labeling_config(
         cm.names, cm.palette, list(slicing.get("condition_tags") or [])
     )
-    if queue.empty:
-        return [], config
+    tasks = [] if queue.empty else _queue_tasks(lake, queue, cm, review)
+    report = push_if_enabled(
+        review.get("push"),
+        default_title="edgeloop review",
+        label_config=config,
+        tasks=tasks,
+        local_files_dir=Path(lake.root) / BLOB_DIR,
+    )
+    log.info("exported %d review task(s) for Label Studio", len(tasks))
+    return tasks, config, report
+
+
+def _queue_tasks(
+    lake: Lake, queue: pd.DataFrame, cm: ClassMap, review: Mapping[str, Any]
+) -> list[dict]:
+    """One review task per queue item, with its predicted mask."""
+    settings = review.get("tasks") or {}
+    prefix = settings.get("url_prefix", "/data/local-files/?d=")
+    root = Path(settings.get("document_root", "."))
     preds = lake.read(
         "predictions",
         columns=[
@@ -300,7 +314,7 @@ def export_review_tasks(
     }
     scores = dict(zip(rows["request_id"], rows["mean_max_prob"], strict=True))
     versions = sorted(rows["model_version"].unique())
-    tasks = review_tasks(
+    return review_tasks(
         queue,
         masks,
         image_urls=urls,
@@ -309,5 +323,3 @@ def export_review_tasks(
         model_version=versions[-1] if len(versions) == 1 else ",".join(versions),
         scores=scores,
     )
-    log.info("exported %d review task(s) for Label Studio", len(tasks))
-    return tasks, config

@@ -45,7 +45,11 @@ def review_nodes() -> Pipeline:
                     "params:classes",
                     "params:slicing",
                 ],
-                outputs=["review_tasks", "review_labeling_config"],
+                outputs=[
+                    "review_tasks",
+                    "review_labeling_config",
+                    "review_push_report",
+                ],
                 name="export_review_tasks",
             ),
         ]
