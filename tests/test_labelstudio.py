@@ -185,15 +185,19 @@ def test_label_studio_round_trip_then_train(label_studio, monkeypatch):
         assert got.content == lake.get_blob(blobs[task.data["image_id"]])
     storage_dir = str((Path("data/lake") / "blobs").resolve())
     assert pushed["local_storage"] == storage_dir
-    # Pushing again reuses the project and its storage.
+    # Pushing again reuses the project and its storage, and adds no task twice.
     again = labelstudio.push_tasks(
         ls,
         title=TITLE,
         label_config=project.label_config,
-        tasks=[],
+        tasks=json.loads(
+            Path("data/07_model_output/iter_0/annotation_tasks.json").read_text()
+        ),
         local_files_dir=storage_dir,
     )
     assert again["project_id"] == project.id
+    assert (again["tasks"], again["already_there"]) == (0, 6)
+    assert len(list(ls.tasks.list(project=project.id))) == 6
     storages = list(ls.import_storage.local.list(project=project.id))
     assert [s.path for s in storages] == [storage_dir]
     # A folder Label Studio may not serve is refused with its reason.

@@ -310,14 +310,18 @@ def push_tasks(
 ) -> dict[str, Any]:
     """Creates (or reuses, by title) a project and imports `tasks` into it.
 
+    Tasks already in the project (the same `task_key`) are not imported again,
+    so re-running a pipeline does not duplicate work for people.
+
     Args:
         local_files_dir: The folder holding the tasks' images (absolute, under
             Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), connected to
             the project by `ensure_local_storage` so Label Studio serves them.
 
     Returns:
-        {"project_id", "title", "tasks"}: the project and how many were sent,
-        and "local_storage" (the folder) when one was given.
+        {"project_id", "title", "tasks", "already_there"}: the project, how
+        many tasks were imported and how many it had already, and
+        "local_storage" (the folder) when one was given.
 
     Raises:
         ValueError: a title Label Studio would refuse (3 to 50 characters).
@@ -335,9 +339,23 @@ def push_tasks(
     report: dict[str, Any] = {"project_id": int(project.id), "title": title}
     if local_files_dir is not None:
         report["local_storage"] = ensure_local_storage(ls, project.id, local_files_dir)
-    if tasks:
-        ls.projects.import_tasks(id=project.id, request=tasks)
-    return report | {"tasks": len(tasks)}
+    there = {task_key(t.data) for t in ls.tasks.list(project=project.id)}
+    new = [t for t in tasks if task_key(t.get("data") or {}) not in there]
+    if new:
+        ls.projects.import_tasks(id=project.id, request=new)
+    return report | {"tasks": len(new), "already_there": len(tasks) - len(new)}
+
+
+def task_key(data: Mapping[str, Any]) -> str:
+    """What makes a task the same task again: its review request, else its image.
+
+    A review task is one prediction (`request_id`); a labeling task one image
+    (`image_id`); anything else is its whole `data`.
+    """
+    for field in ("request_id", "image_id"):
+        if data.get(field):
+            return f"{field}:{data[field]}"
+    return json.dumps(dict(data), sort_keys=True, default=str)
 
 
 def ensure_local_storage(ls: Any, project_id: int, folder: str | Path) -> str:
