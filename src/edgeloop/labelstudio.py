@@ -426,7 +426,12 @@ def push_if_enabled(
         local_files_dir=local_files_dir,
     )
     report["pushed"] = True
-    log.info("pushed %d task(s) to Label Studio at %s", len(tasks), creds["url"])
+    log.info(
+        "pushed %d new task(s) to Label Studio at %s (%d already there)",
+        report["tasks"],
+        creds["url"],
+        report["already_there"],
+    )
     return report
 
 
