@@ -373,6 +373,8 @@ def ensure_local_storage(ls: Any, project_id: int, folder: str | Path) -> str:
         ValueError: Label Studio refused the folder (not a folder, outside
             LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, or local-files serving is off).
     """
+    from label_studio_sdk.core.api_error import ApiError
+
     path = str(Path(folder).resolve())
     existing = ls.import_storage.local.list(project=project_id)
     if any(getattr(s, "path", None) == path for s in existing):
@@ -384,8 +386,8 @@ def ensure_local_storage(ls: Any, project_id: int, folder: str | Path) -> str:
             title="edgeloop images",
             use_blob_urls=False,
         )
-    except Exception as err:  # the sdk's ApiError: its body says why
-        body = getattr(err, "body", None) or err
+    except ApiError as err:  # its body says why; other errors are not refusals
+        body = err.body or err
         if isinstance(body, dict):
             body = body.get("validation_errors") or body.get("detail") or body
         raise ValueError(
