@@ -287,7 +287,11 @@ def _review_round_trip(ls, url: str, lake: Lake) -> None:
     got = httpx.get(
         url + task.data["image"], headers={"Authorization": f"Token {TOKEN}"}
     )
-    assert got.status_code == 200 and got.content[:4] == b"\x89PNG"
+    preds = lake.read("predictions", columns=["request_id", "image_blob"])
+    preds = preds.drop_duplicates("request_id")
+    blob = preds.set_index("request_id").loc[task.data["request_id"], "image_blob"]
+    assert got.status_code == 200
+    assert got.content == lake.get_blob(blob)
     config = ET.fromstring(
         Path("data/07_model_output/iter_0/review_labeling_config.xml").read_text()
     )
