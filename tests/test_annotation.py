@@ -215,5 +215,11 @@ def test_exports_are_the_json_files_of_the_folder_and_a_file_is_refused(tmp_path
         (str(folder / "A.JSON"), b"A.JSON"),
         (str(folder / "b.json"), b"b.json"),
     ]
-    with pytest.raises(ValueError, match="is not a folder"):
-        labelstudio.collect_exports(folder / "b.json", None, default_title="x")
+    match = r"^review\.import\.exports_dir: .*not a folder"
+    with pytest.raises(ValueError, match=match):
+        labelstudio.collect_exports(
+            folder / "b.json",
+            None,
+            default_title="x",
+            setting="review.import.exports_dir",
+        )

@@ -148,6 +148,7 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
         0,
     )
     assert report["new_bugs"] == ["bug-night-0"]
+    assert [Path(s).name for s in report["sources"]] == ["batch-1.json"]
     # Incremental: the unchanged lake is not embedded again.
     assert _json(ITER0 / "embedding_report.json")["new"] == 0
     assert _json(ITER0 / "embedding_report.json")["reference"]["new"] == 0

@@ -316,7 +316,7 @@ def _review_round_trip(ls, url: str, lake: Lake) -> None:
     imported = json.loads(
         Path("data/08_reporting/iter_1/review_import_report.json").read_text()
     )
-    assert imported["files"] == [f"label-studio:{REVIEW_TITLE}"]
+    assert imported["sources"] == [f"label-studio:{REVIEW_TITLE}"]
     verdicts = lake.read("review_verdicts")
     assert len(verdicts) == 1
     assert verdicts.loc[0, "verdict"] == "bug"

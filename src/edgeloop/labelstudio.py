@@ -442,6 +442,7 @@ def collect_exports(
     pull: Mapping[str, Any] | None,
     *,
     default_title: str,
+    setting: str = "exports_dir",
 ) -> list[tuple[str, bytes]]:
     """(source, bytes) of every Label Studio export to import.
 
@@ -449,12 +450,17 @@ def collect_exports(
     the JSON export of the Label Studio project titled `pull.project_title`
     (source `label-studio:<title>`), through the SDK.
 
+    `setting` names the parameter `folder` came from, for the error.
+
     Raises:
         ValueError: `folder` is not a folder; no project has that title.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"exports folder {str(folder)!r} is not a folder")
+        raise ValueError(
+            f"{setting}: exports folder {str(folder)!r} is not a folder; "
+            "give a folder of Label Studio JSON exports"
+        )
     files = (
         sorted(
             p for p in folder.iterdir() if p.suffix.lower() == ".json" and p.is_file()

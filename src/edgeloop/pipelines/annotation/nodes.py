@@ -92,6 +92,7 @@ def _exports(settings: Mapping[str, Any]) -> list[tuple[str, bytes]]:
         settings.get("exports_dir", "data/01_raw/annotation_exports"),
         settings.get("from_label_studio"),
         default_title="edgeloop labeling",
+        setting="annotation.import.exports_dir",
     )
 
 

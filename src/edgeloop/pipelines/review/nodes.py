@@ -180,7 +180,10 @@ def import_review_verdicts(
     ]
     vocabulary = list(slicing.get("condition_tags") or [])
     exports = collect_exports(
-        folder, settings.get("from_label_studio"), default_title="edgeloop review"
+        folder,
+        settings.get("from_label_studio"),
+        default_title="edgeloop review",
+        setting="review.import.exports_dir",
     )
     parsed, quarantined = [], []
     for source, raw in exports:
@@ -218,7 +221,7 @@ def import_review_verdicts(
     bugs_version = lake.append("edge_cases", events) if len(events) else None
     report = {
         "exports_dir": str(folder),
-        "files": [source for source, _ in exports],
+        "sources": [source for source, _ in exports],
         "verdicts": len(verdicts),
         "bugs_flagged": int((verdicts["verdict"] == "bug").sum())
         if len(verdicts)
