@@ -296,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                     + f"  (mean {np.mean(pairs):+.3f}; hitl ahead in "
                     f"{ahead}/{len(pairs)} seeds)"
                 )
+    tags = annotator.get("bug_tags") or []
+    if tags:
+        _print_slice_gains(records, strategies, seeds, tags)
     _plot(curves, full_miou, target, budgets, out)
     (out / "label_efficiency.json").write_text(
         json.dumps(
@@ -313,6 +316,55 @@ def main(argv: list[str] | None = None) -> int:
     plots = ("label_efficiency.png", "learning_curves.png", "slice_curves.png")
     print("\nplots: " + ", ".join(str(out / p) for p in plots))
     return 0
+
+
+def _print_slice_gains(
+    records: list[dict], strategies: list[str], seeds: tuple[int, ...], tags: list
+) -> None:
+    """Per rare-condition slice: which strategy improves it fastest.
+
+    A strategy's gain on a slice is the slice's mIoU at each iteration minus
+    its iteration-0 mIoU (the same model for every strategy of a seed),
+    averaged over the iterations and then over the seeds: the area between
+    the slice's curve and its start, so an early gain counts for more.
+    """
+    print("\nRare-condition slices, mean gain over the iterations (seeds averaged):")
+    print(f"  {'slice':<14}" + "".join(f"{s:>10}" for s in strategies) + "  fastest")
+    for tag in tags:
+        name = f"cond:{tag}"
+        gains = {}
+        for strategy in strategies:
+            per_seed = []
+            for seed in seeds:
+                mine = sorted(
+                    (
+                        r
+                        for r in records
+                        if r["strategy"] == strategy
+                        and r["seed"] == seed
+                        and name in r["slices"]
+                    ),
+                    key=lambda r: r["iteration"],
+                )
+                if len(mine) < 2:
+                    continue
+                start = mine[0]["slices"][name]["miou"]
+                per_seed.append(
+                    np.mean([r["slices"][name]["miou"] - start for r in mine[1:]])
+                )
+            if per_seed:
+                gains[strategy] = float(np.mean(per_seed))
+        if not gains:
+            continue
+        fastest = max(gains, key=gains.get)
+        print(
+            f"  {name:<14}"
+            + "".join(
+                f"{gains[s]:>+10.3f}" if s in gains else f"{'-':>10}"
+                for s in strategies
+            )
+            + f"  {fastest}"
+        )
 
 
 def _plot(
