@@ -205,12 +205,16 @@ def test_a_project_title_label_studio_would_refuse_fails_before_any_request(titl
 
 def test_exports_are_the_json_files_of_the_folder_and_a_file_is_refused(tmp_path):
     folder = tmp_path / "exports"
-    assert labelstudio.collect_exports(folder, None, default_title="x") == []
+    assert (
+        labelstudio.collect_exports(folder, None, default_title="x", setting="s") == []
+    )
     folder.mkdir()
     for name in ("b.json", "A.JSON", "notes.txt"):
         (folder / name).write_text(name)
     (folder / "sub.json").mkdir()  # a folder named like an export is not one
-    got = labelstudio.collect_exports(folder, {"enabled": False}, default_title="x")
+    got = labelstudio.collect_exports(
+        folder, {"enabled": False}, default_title="x", setting="s"
+    )
     assert got == [
         (str(folder / "A.JSON"), b"A.JSON"),
         (str(folder / "b.json"), b"b.json"),

@@ -171,18 +171,7 @@ def test_label_studio_round_trip_then_train(label_studio, monkeypatch):
     assert all(len(t.predictions) == 2 for t in tasks)
     # ... and Label Studio serves its image (it serves local files only under a
     # local-files storage of the project: without one, every image is a 404).
-    blobs = {r.image_id: r.blob_uri for r in lake.read("images").itertuples()}
-    blobs |= {
-        r.image_id: r.image_blob
-        for r in lake.read(
-            "predictions", columns=["image_id", "image_blob"]
-        ).itertuples()
-    }
-    auth = {"Authorization": f"Token {TOKEN}"}
-    for task in tasks:
-        got = httpx.get(label_studio + task.data["image"], headers=auth, timeout=30)
-        assert got.status_code == 200, (task.data["image"], got.status_code)
-        assert got.content == lake.get_blob(blobs[task.data["image_id"]])
+    _assert_serves_lake_images(label_studio, tasks, lake)
     storage_dir = str((Path("data/lake") / "blobs").resolve())
     assert pushed["local_storage"] == storage_dir
     # Pushing again reuses the project and its storage, and adds no task twice.
@@ -270,6 +259,22 @@ def test_label_studio_round_trip_then_train(label_studio, monkeypatch):
     _review_round_trip(ls, label_studio, lake)
 
 
+def _assert_serves_lake_images(url: str, tasks: list, lake: Lake) -> None:
+    """Label Studio serves each task's image, byte for byte the lake's blob."""
+    blobs = {r.image_id: r.blob_uri for r in lake.read("images").itertuples()}
+    blobs |= {
+        r.image_id: r.image_blob
+        for r in lake.read(
+            "predictions", columns=["image_id", "image_blob"]
+        ).itertuples()
+    }
+    auth = {"Authorization": f"Token {TOKEN}"}
+    for task in tasks:
+        got = httpx.get(url + task.data["image"], headers=auth, timeout=30)
+        assert got.status_code == 200, (task.data["image"], got.status_code)
+        assert got.content == lake.get_blob(blobs[task.data["image_id"]])
+
+
 def _review_round_trip(ls, url: str, lake: Lake) -> None:
     """The review tasks `discover` pushed: a verdict comes back as a bug."""
     review_tasks = json.loads(
@@ -284,14 +289,7 @@ def _review_round_trip(ls, url: str, lake: Lake) -> None:
     tasks = list(ls.tasks.list(project=project.id, fields="all"))
     assert len(tasks) == len(review_tasks)
     task = tasks[0]
-    got = httpx.get(
-        url + task.data["image"], headers={"Authorization": f"Token {TOKEN}"}
-    )
-    preds = lake.read("predictions", columns=["request_id", "image_blob"])
-    preds = preds.drop_duplicates("request_id")
-    blob = preds.set_index("request_id").loc[task.data["request_id"], "image_blob"]
-    assert got.status_code == 200
-    assert got.content == lake.get_blob(blob)
+    _assert_serves_lake_images(url, [task], lake)
     config = ET.fromstring(
         Path("data/07_model_output/iter_0/review_labeling_config.xml").read_text()
     )

@@ -442,7 +442,7 @@ def collect_exports(
     pull: Mapping[str, Any] | None,
     *,
     default_title: str,
-    setting: str = "exports_dir",
+    setting: str,
 ) -> list[tuple[str, bytes]]:
     """(source, bytes) of every Label Studio export to import.
 
