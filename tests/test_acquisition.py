@@ -33,6 +33,11 @@ def _cfg(**kw) -> AcquisitionConfig:
     return AcquisitionConfig.from_params({"budget": 10, **kw, "hitl": hitl})
 
 
+def _select(pool, cfg, n_labeled=100, **kw) -> pd.DataFrame:
+    """Past hitl's cold start (60 labeled by default) unless told otherwise."""
+    return select_for_labeling(pool, cfg, n_labeled=n_labeled, **kw)
+
+
 def test_pool_leaves_out_labeled_and_keeps_the_latest_prediction():
     preds = _preds(5)
     again = preds.iloc[[2]].assign(
@@ -45,9 +50,9 @@ def test_pool_leaves_out_labeled_and_keeps_the_latest_prediction():
 
 def test_random_is_seeded_and_unique():
     pool = unlabeled_pool(_preds(), set())
-    a = select_for_labeling(pool, _cfg(strategy="random", seed=1))
-    b = select_for_labeling(pool, _cfg(strategy="random", seed=1))
-    c = select_for_labeling(pool, _cfg(strategy="random", seed=2))
+    a = _select(pool, _cfg(strategy="random", seed=1))
+    b = _select(pool, _cfg(strategy="random", seed=1))
+    c = _select(pool, _cfg(strategy="random", seed=2))
     assert a["image_id"].tolist() == b["image_id"].tolist()
     assert a["image_id"].tolist() != c["image_id"].tolist()
     assert a["image_id"].is_unique and len(a) == 10
@@ -56,7 +61,7 @@ def test_random_is_seeded_and_unique():
 
 def test_entropy_takes_the_least_confident():
     pool = unlabeled_pool(_preds(), set())
-    q = select_for_labeling(pool, _cfg(strategy="entropy"))
+    q = _select(pool, _cfg(strategy="entropy"))
     assert q["image_id"].tolist() == [f"img{i:02d}" for i in range(10)]
     assert set(q["reason"]) == {"least_confident"}
     assert q["detail"].iloc[0].startswith("mean_entropy=1.200")
@@ -83,7 +88,7 @@ def test_hitl_bugs_first_round_robin_then_capped_confidence_then_random():
         strategy="hitl",
         hitl={"bugs": 0.5, "confidence": 0.3, "random": 0.2, "cluster_cap": 1},
     )
-    q = select_for_labeling(pool, cfg, knn=knn, clusters=clusters)
+    q = _select(pool, cfg, knn=knn, clusters=clusters)
     assert len(q) == 10 and q["image_id"].is_unique
     bugs = q[q["reason"] == "bug_candidate"]
     # Round robin over bugs, nearest first; img30 is taken once.
@@ -99,33 +104,84 @@ def test_hitl_bugs_first_round_robin_then_capped_confidence_then_random():
 
 def test_hitl_without_bugs_rolls_their_share_over():
     pool = unlabeled_pool(_preds(), set())
-    q = select_for_labeling(pool, _cfg(strategy="hitl"))
+    q = _select(pool, _cfg(strategy="hitl"))
     assert (q["reason"] == "low_confidence").sum() == 8  # 5 (bugs) + 3
     assert (q["reason"] == "random").sum() == 2
 
 
 def test_hitl_confidence_score_is_a_parameter_and_needs_its_column():
     pool = unlabeled_pool(_preds(), set())
-    q = select_for_labeling(
-        pool, _cfg(strategy="hitl", hitl={"confidence_score": "mean_entropy"})
-    )
+    q = _select(pool, _cfg(strategy="hitl", hitl={"confidence_score": "mean_entropy"}))
     conf = q[q["reason"] == "low_confidence"]
     assert conf["image_id"].tolist() == [f"img{i:02d}" for i in range(8)]
     # An image without a novelty score (not yet embedded) is never picked by it.
     unscored = pool.assign(novelty=pool["novelty"].where(pool.index < 30))
-    q = select_for_labeling(unscored, _cfg(strategy="hitl"))
+    q = _select(unscored, _cfg(strategy="hitl"))
     conf = q[q["reason"] == "low_confidence"]
     assert conf["image_id"].tolist() == [f"img{i:02d}" for i in range(29, 21, -1)]
     with pytest.raises(ValueError, match="the pool has no 'novelty' scores"):
-        select_for_labeling(pool.drop(columns="novelty"), _cfg(strategy="hitl"))
+        _select(pool.drop(columns="novelty"), _cfg(strategy="hitl"))
     # The entropy baseline never needs novelty.
-    q = select_for_labeling(pool.drop(columns="novelty"), _cfg(strategy="entropy"))
+    q = _select(pool.drop(columns="novelty"), _cfg(strategy="entropy"))
     assert len(q) == 10
+
+
+def test_hitl_cold_start_samples_the_clusters_in_proportion_then_hunts_bugs():
+    pool = unlabeled_pool(_preds(), set())
+    # Clusters of 20, 12 and 8 images.
+    sizes = {"a": 20, "b": 12, "c": 8}
+    clusters = pd.DataFrame(
+        {
+            "image_id": pool["image_id"],
+            "cluster": [c for c, n in sizes.items() for _ in range(n)],
+        }
+    )
+    knn = pd.DataFrame(
+        {
+            "bug_id": ["bug-a"] * 3,
+            "tag": ["night"] * 3,
+            "image_id": ["img39", "img38", "img37"],
+            "distance": [0.1, 0.2, 0.3],
+            "nearest_seed": ["s"] * 3,
+            "rank": [1, 2, 3],
+        }
+    )
+    cfg = _cfg(strategy="hitl", budget=10, seed=3)
+    cold = _select(pool, cfg, n_labeled=59, knn=knn, clusters=clusters)
+    # 59 < 60 labeled: no bug candidates, no doubt; 10 seats by cluster size
+    # (5.0, 3.0, 2.0), random within each.
+    assert set(cold["reason"]) == {"representative"} and cold["image_id"].is_unique
+    of = clusters.set_index("image_id")["cluster"]
+    assert cold["image_id"].map(of).value_counts().to_dict() == {"a": 5, "b": 3, "c": 2}
+    assert cold["detail"].iloc[0] == "cluster a: 5 of 20 in the pool"
+    again = _select(pool, cfg, n_labeled=59, knn=knn, clusters=clusters)
+    assert cold["image_id"].tolist() == again["image_id"].tolist()  # seeded
+    # Largest remainder: 7 seats of 20/12/8 -> 3.5, 2.1, 1.4 -> 4, 2, 1.
+    seven = _select(
+        pool, _cfg(strategy="hitl", budget=7), n_labeled=0, clusters=clusters
+    )
+    assert seven["image_id"].map(of).value_counts().to_dict() == {
+        "a": 4,
+        "b": 2,
+        "c": 1,
+    }
+    # Without clusters it is a uniform sample of the pool.
+    flat = _select(pool, cfg, n_labeled=0)
+    assert set(flat["reason"]) == {"representative"} and len(flat) == 10
+    # At 60 labeled the loop hunts bugs again; 0 turns the cold start off.
+    warm = _select(pool, cfg, n_labeled=60, knn=knn, clusters=clusters)
+    assert warm["image_id"].tolist()[:3] == ["img39", "img38", "img37"]
+    off = _cfg(strategy="hitl", budget=10, hitl={"cold_start_labeled": 0})
+    assert "representative" not in set(_select(pool, off, n_labeled=0)["reason"])
+    # The baselines never have a cold start.
+    assert set(_select(pool, _cfg(strategy="random"), n_labeled=0)["reason"]) == {
+        "random"
+    }
 
 
 def test_budget_larger_than_the_pool_takes_everything():
     pool = unlabeled_pool(_preds(4), set())
-    q = select_for_labeling(pool, _cfg(strategy="random", budget=50))
+    q = _select(pool, _cfg(strategy="random", budget=50))
     assert sorted(q["image_id"]) == ["img00", "img01", "img02", "img03"]
 
 
@@ -138,6 +194,7 @@ def test_budget_larger_than_the_pool_takes_everything():
         ({"hitl": {"confidence_score": "vibes"}}, "hitl.confidence_score"),
         ({"hitl": {"bugs": -1}}, "shares"),
         ({"hitl": {"cluster_cap": 0}}, "cluster_cap"),
+        ({"hitl": {"cold_start_labeled": -1}}, "hitl.cold_start_labeled"),
         ({"budgett": 3}, "unknown key"),
     ],
 )

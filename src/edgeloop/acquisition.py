@@ -7,7 +7,11 @@ Three strategies over the same pool, so the simulation compares them fairly:
 - `hitl`: the loop. KNN candidates of open bugs first (round robin over bugs,
   nearest first), then confidence checks (by `hitl_score`, novelty by default)
   with at most `cluster_cap` per cluster, then random checks. A stage that
-  cannot fill its share passes the rest on.
+  cannot fill its share passes the rest on. Cold start: while fewer than
+  `cold_start_labeled` images are labeled, hitl takes a representative sample
+  instead (random within each level-0 cluster, in proportion to the clusters'
+  sizes): a weak model's bugs and doubts are everywhere, and its first lessons
+  are the common scenes.
 
 All pure functions over frames; the pipeline does the I/O.
 """
@@ -59,6 +63,7 @@ class AcquisitionConfig:
     confidence_share: float = 0.3
     random_share: float = 0.2
     cluster_cap: int = 3
+    cold_start_labeled: int = 60
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AcquisitionConfig:
@@ -81,6 +86,9 @@ class AcquisitionConfig:
             confidence_share=float(hitl.get("confidence", cls.confidence_share)),
             random_share=float(hitl.get("random", cls.random_share)),
             cluster_cap=int(hitl.get("cluster_cap", cls.cluster_cap)),
+            cold_start_labeled=int(
+                hitl.get("cold_start_labeled", cls.cold_start_labeled)
+            ),
         )
         if cfg.strategy not in STRATEGIES:
             raise ValueError(
@@ -107,6 +115,11 @@ class AcquisitionConfig:
         if cfg.cluster_cap < 1:
             raise ValueError(
                 f"acquisition.hitl.cluster_cap must be >= 1, got {cfg.cluster_cap}"
+            )
+        if cfg.cold_start_labeled < 0:
+            raise ValueError(
+                "acquisition.hitl.cold_start_labeled must be >= 0, "
+                f"got {cfg.cold_start_labeled}"
             )
         return cfg
 
@@ -165,6 +178,40 @@ def _random(pool: pd.DataFrame, n: int, seed: int, taken: set[str]) -> list[dict
         ["uniform over the unlabeled pool"] * len(picks),
         [float("nan")] * len(picks),
     )
+
+
+def _representative(
+    pool: pd.DataFrame, n: int, seed: int, cluster_of: pd.Series | None
+) -> list[dict]:
+    """n picks spread over the clusters in proportion to their pool sizes.
+
+    Seats by largest remainder (ties to the larger cluster, then the lower
+    cluster id); random within a cluster. Images without a cluster form one
+    group of their own; with no clusters at all this is a uniform sample.
+    """
+    ids = pool["image_id"].to_numpy()
+    if n <= 0 or not len(ids):
+        return []
+    group = (
+        pd.Series(ids).map(cluster_of).astype("string").fillna("none")
+        if cluster_of is not None
+        else pd.Series(["none"] * len(ids), dtype="string")
+    ).to_numpy()
+    names, sizes = np.unique(group, return_counts=True)
+    n = min(n, len(ids))
+    quota = n * sizes / sizes.sum()
+    seats = np.floor(quota).astype(int)
+    for i in sorted(
+        range(len(names)), key=lambda i: (-(quota[i] - seats[i]), -sizes[i], names[i])
+    )[: n - seats.sum()]:
+        seats[i] += 1
+    rng = np.random.default_rng(seed)
+    picks, details = [], []
+    for name, size, k in zip(names, sizes, seats, strict=True):
+        chosen = rng.choice(ids[group == name], size=k, replace=False).tolist()
+        picks += chosen
+        details += [f"cluster {name}: {k} of {size} in the pool"] * k
+    return _rows(pool, picks, "representative", details, [float("nan")] * len(picks))
 
 
 def _confident_last(
@@ -249,6 +296,7 @@ def select_for_labeling(
     *,
     knn: pd.DataFrame | None = None,
     clusters: pd.DataFrame | None = None,
+    n_labeled: int,
 ) -> pd.DataFrame:
     """The labeling queue: up to `config.budget` images, each with its reason.
 
@@ -259,6 +307,8 @@ def select_for_labeling(
         knn: KNN candidates of open bugs (bug_id, tag, image_id, distance,
             nearest_seed, rank); hitl only.
         clusters: image_id -> cluster (level 0) for diversity; hitl only.
+        n_labeled: Images labeled so far; hitl's cold start while it is below
+            `config.cold_start_labeled`.
 
     Returns:
         `LABELING_QUEUE_COLUMNS`, rank 1 first; an image appears once.
@@ -293,23 +343,26 @@ def select_for_labeling(
             if clusters is not None and len(clusters)
             else None
         )
-        total = config.bugs_share + config.confidence_share + config.random_share
-        bugs_n = int(round(budget * config.bugs_share / total))
-        conf_n = int(round(budget * config.confidence_share / total))
-        add(_bug_candidates(pool, knn, bugs_n, taken))
-        conf_n += bugs_n - len(rows)  # what the bugs could not fill rolls over
-        add(
-            _confident_last(
-                pool,
-                conf_n,
-                config.hitl_score,
-                taken,
-                config.cluster_cap,
-                cluster_of,
-                "low_confidence",
+        if n_labeled < config.cold_start_labeled:
+            add(_representative(pool, budget, config.seed, cluster_of))
+        else:
+            total = config.bugs_share + config.confidence_share + config.random_share
+            bugs_n = int(round(budget * config.bugs_share / total))
+            conf_n = int(round(budget * config.confidence_share / total))
+            add(_bug_candidates(pool, knn, bugs_n, taken))
+            conf_n += bugs_n - len(rows)  # what the bugs could not fill rolls over
+            add(
+                _confident_last(
+                    pool,
+                    conf_n,
+                    config.hitl_score,
+                    taken,
+                    config.cluster_cap,
+                    cluster_of,
+                    "low_confidence",
+                )
             )
-        )
-        add(_random(pool, budget - len(rows), config.seed, taken))
+            add(_random(pool, budget - len(rows), config.seed, taken))
     out = pd.DataFrame(rows, columns=LABELING_QUEUE_COLUMNS[1:])
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out

@@ -28,6 +28,7 @@ def build_labeling_queue(
     prediction's scores, and its `novelty` from the similarity context).
     `random` and `entropy` ignore the KNN candidates, clusters and novelty
     (unless a score names it); all three strategies run this same node.
+    hitl's cold start counts every labeled image (all splits).
     """
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
@@ -44,13 +45,17 @@ def build_labeling_queue(
             "context first), so hitl's confidence share goes to random picks"
         )
     top = clusters[clusters["level"] == 0] if len(clusters) else clusters
-    queue = select_for_labeling(pool, config, knn=knn, clusters=top)
+    queue = select_for_labeling(
+        pool, config, knn=knn, clusters=top, n_labeled=len(labeled)
+    )
     summary = {
         "strategy": config.strategy,
         "budget": config.budget,
         "pool": len(pool),
         "labeled": len(labeled),
         "picked": len(queue),
+        "cold_start": config.strategy == "hitl"
+        and len(labeled) < config.cold_start_labeled,
         "per_reason": queue["reason"].value_counts().sort_index().astype(int).to_dict(),
         "predictions_version": lake.reads.get("predictions"),
         "labels_version": lake.reads.get("labels"),
