@@ -34,7 +34,7 @@ def _cfg(**kw) -> AcquisitionConfig:
 
 
 def _select(pool, cfg, n_labeled=100, **kw) -> pd.DataFrame:
-    """Past hitl's cold start (60 labeled by default) unless told otherwise."""
+    """100 images labeled unless told otherwise (for hitl's cold start)."""
     return select_for_labeling(pool, cfg, n_labeled=n_labeled, **kw)
 
 
@@ -146,7 +146,8 @@ def test_hitl_cold_start_samples_the_clusters_in_proportion_then_hunts_bugs():
             "rank": [1, 2, 3],
         }
     )
-    cfg = _cfg(strategy="hitl", budget=10, seed=3)
+    cold_start = {"cold_start_labeled": 60}
+    cfg = _cfg(strategy="hitl", budget=10, seed=3, hitl=cold_start)
     cold = _select(pool, cfg, n_labeled=59, knn=knn, clusters=clusters)
     # 59 < 60 labeled: no bug candidates, no doubt; 10 seats by cluster size
     # (5.0, 3.0, 2.0), random within each.
@@ -158,7 +159,10 @@ def test_hitl_cold_start_samples_the_clusters_in_proportion_then_hunts_bugs():
     assert cold["image_id"].tolist() == again["image_id"].tolist()  # seeded
     # Largest remainder: 7 seats of 20/12/8 -> 3.5, 2.1, 1.4 -> 4, 2, 1.
     seven = _select(
-        pool, _cfg(strategy="hitl", budget=7), n_labeled=0, clusters=clusters
+        pool,
+        _cfg(strategy="hitl", budget=7, hitl=cold_start),
+        n_labeled=0,
+        clusters=clusters,
     )
     assert seven["image_id"].map(of).value_counts().to_dict() == {
         "a": 4,
@@ -168,10 +172,10 @@ def test_hitl_cold_start_samples_the_clusters_in_proportion_then_hunts_bugs():
     # Without clusters it is a uniform sample of the pool.
     flat = _select(pool, cfg, n_labeled=0)
     assert set(flat["reason"]) == {"representative"} and len(flat) == 10
-    # At 60 labeled the loop hunts bugs again; 0 turns the cold start off.
+    # At 60 labeled the loop hunts bugs again; 0 (the default) is no cold start.
     warm = _select(pool, cfg, n_labeled=60, knn=knn, clusters=clusters)
     assert warm["image_id"].tolist()[:3] == ["img39", "img38", "img37"]
-    off = _cfg(strategy="hitl", budget=10, hitl={"cold_start_labeled": 0})
+    off = _cfg(strategy="hitl", budget=10)  # the default: no cold start
     assert "representative" not in set(_select(pool, off, n_labeled=0)["reason"])
     # The baselines never have a cold start.
     assert set(_select(pool, _cfg(strategy="random"), n_labeled=0)["reason"]) == {

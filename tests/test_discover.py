@@ -75,10 +75,7 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     _run(["ingest"])
     lake = Lake("data/lake")
     version = register_tiny_model(lake)
-    # The tiny project has 40 labels, below hitl's cold start (60): turned off
-    # here, as these checks are of the bug and confidence stages (the cold
-    # start is in test_pipelines and test_acquisition).
-    budget = {"acquisition": {"budget": 12, "hitl": {"cold_start_labeled": 0}}}
+    budget = {"acquisition": {"budget": 12}}
     _run(["discover"], **budget)
 
     # Production scored the stream; review picked and exported tasks.

@@ -266,9 +266,11 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
         Path("data/08_reporting/iter_0/acquisition_summary.json").read_text()
     )
     assert (acq["strategy"], acq["picked"], acq["pool"]) == ("hitl", 50, 60)
-    # 40 labels, below hitl's cold start (60): a representative sample.
-    assert (acq["labeled"], acq["cold_start"]) == (40, True)
-    assert acq["per_reason"] == {"representative": 50}
+    # 40 labels to learn from, and the 24 of the eval set (the test split);
+    # hitl's cold start is off by default.
+    assert (acq["labeled"], acq["labeled_outside_test"]) == (64, 40)
+    assert acq["cold_start"] is False
+    assert "representative" not in acq["per_reason"]
     assert (
         json.loads(Path("data/08_reporting/iter_0/embedding_report.json").read_text())[
             "weights"

@@ -7,11 +7,10 @@ Three strategies over the same pool, so the simulation compares them fairly:
 - `hitl`: the loop. KNN candidates of open bugs first (round robin over bugs,
   nearest first), then confidence checks (by `hitl_score`, novelty by default)
   with at most `cluster_cap` per cluster, then random checks. A stage that
-  cannot fill its share passes the rest on. Cold start: while fewer than
-  `cold_start_labeled` images are labeled, hitl takes a representative sample
-  instead (random within each level-0 cluster, in proportion to the clusters'
-  sizes): a weak model's bugs and doubts are everywhere, and its first lessons
-  are the common scenes.
+  cannot fill its share passes the rest on. Optional cold start: while fewer
+  than `cold_start_labeled` images are labeled, hitl takes a representative
+  sample instead (random within each level-0 cluster, in proportion to the
+  clusters' sizes), for when a weak model's bugs and doubts are everywhere.
 
 All pure functions over frames; the pipeline does the I/O.
 """
@@ -63,7 +62,7 @@ class AcquisitionConfig:
     confidence_share: float = 0.3
     random_share: float = 0.2
     cluster_cap: int = 3
-    cold_start_labeled: int = 60
+    cold_start_labeled: int = 0
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AcquisitionConfig:

@@ -28,10 +28,14 @@ def build_labeling_queue(
     prediction's scores, and its `novelty` from the similarity context).
     `random` and `entropy` ignore the KNN candidates, clusters and novelty
     (unless a score names it); all three strategies run this same node.
-    hitl's cold start counts every labeled image (all splits).
+    hitl's cold start counts the labeled images outside the test split.
     """
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
+    images = lake.read("images", columns=["image_id", "split"])
+    # What the model learns from: the test split (a fixed evaluation set) is
+    # not counted towards hitl's cold start.
+    learnt = labeled - set(images.loc[images["split"] == "test", "image_id"])
     preds = lake.read("predictions")
     pool = join_novelty(unlabeled_pool(preds, labeled), novelty)
     if (
@@ -46,7 +50,7 @@ def build_labeling_queue(
         )
     top = clusters[clusters["level"] == 0] if len(clusters) else clusters
     queue = select_for_labeling(
-        pool, config, knn=knn, clusters=top, n_labeled=len(labeled)
+        pool, config, knn=knn, clusters=top, n_labeled=len(learnt)
     )
     summary = {
         "strategy": config.strategy,
@@ -54,8 +58,9 @@ def build_labeling_queue(
         "pool": len(pool),
         "labeled": len(labeled),
         "picked": len(queue),
+        "labeled_outside_test": len(learnt),
         "cold_start": config.strategy == "hitl"
-        and len(labeled) < config.cold_start_labeled,
+        and len(learnt) < config.cold_start_labeled,
         "per_reason": queue["reason"].value_counts().sort_index().astype(int).to_dict(),
         "predictions_version": lake.reads.get("predictions"),
         "labels_version": lake.reads.get("labels"),
