@@ -169,6 +169,11 @@ def test_hitl_cold_start_samples_the_clusters_in_proportion_then_hunts_bugs():
         "b": 2,
         "c": 1,
     }
+    # Images the clustering has not seen yet form a group of their own.
+    some = clusters.iloc[4:].assign(cluster=lambda d: d["cluster"].map(ord))
+    mixed = _select(pool, cfg, n_labeled=0, clusters=some)
+    assert mixed["detail"].str.match(r"cluster (97|98|99|none): ").all()
+    assert mixed["detail"].str.startswith("cluster none: 1 of 4 in the pool").any()
     # Without clusters it is a uniform sample of the pool.
     flat = _select(pool, cfg, n_labeled=0)
     assert set(flat["reason"]) == {"representative"} and len(flat) == 10

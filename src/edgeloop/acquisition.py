@@ -191,11 +191,8 @@ def _representative(
     ids = pool["image_id"].to_numpy()
     if n <= 0 or not len(ids):
         return []
-    group = (
-        pd.Series(ids).map(cluster_of).astype("string").fillna("none")
-        if cluster_of is not None
-        else pd.Series(["none"] * len(ids), dtype="string")
-    ).to_numpy()
+    known = {} if cluster_of is None else cluster_of.to_dict()
+    group = np.array([str(known.get(i, "none")) for i in ids])
     names, sizes = np.unique(group, return_counts=True)
     n = min(n, len(ids))
     quota = n * sizes / sizes.sum()
@@ -306,7 +303,8 @@ def select_for_labeling(
         knn: KNN candidates of open bugs (bug_id, tag, image_id, distance,
             nearest_seed, rank); hitl only.
         clusters: image_id -> cluster (level 0) for diversity; hitl only.
-        n_labeled: Images labeled so far; hitl's cold start while it is below
+        n_labeled: Images labeled so far (the node counts those outside the
+            test split); hitl's cold start while it is below
             `config.cold_start_labeled`.
 
     Returns:
