@@ -121,6 +121,9 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     assert pd.read_parquet(OUT0 / "knn_candidates.parquet").empty
     summary = _json(ITER0 / "acquisition_summary.json")
     assert summary["picked"] == 12 and summary["pool"] == 60
+    # hitl's cold start counts what novelty's reference holds: labeled, not test.
+    assert summary["labeled_outside_test"] == len(reference)
+    assert summary["cold_start"] is False
     assert set(summary["per_reason"]) == {"low_confidence", "random"}
     # hitl's confidence picks rank by novelty too, the most novel first.
     first = _latest(OUT0 / "labeling_queue.parquet")

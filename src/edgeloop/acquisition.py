@@ -30,6 +30,7 @@ __all__ = [
     "LABELING_QUEUE_COLUMNS",
     "STRATEGIES",
     "AcquisitionConfig",
+    "learnable",
     "select_for_labeling",
     "unlabeled_pool",
 ]
@@ -121,6 +122,19 @@ class AcquisitionConfig:
                 f"got {cfg.cold_start_labeled}"
             )
         return cfg
+
+    def cold(self, n_labeled: int) -> bool:
+        """Whether hitl starts cold with `n_labeled` images to learn from."""
+        return self.strategy == "hitl" and n_labeled < self.cold_start_labeled
+
+
+def learnable(images: pd.DataFrame, labeled_ids: set[str]) -> pd.Series:
+    """Rows of `images` a model can learn from: labeled, outside the test split.
+
+    The test split is the fixed evaluation set (the synthetic eval set,
+    CamVid's official test frames): labeled, but never trained on.
+    """
+    return images["image_id"].isin(labeled_ids) & (images["split"] != "test")
 
 
 def unlabeled_pool(predictions: pd.DataFrame, labeled_ids: set[str]) -> pd.DataFrame:
@@ -340,7 +354,7 @@ def select_for_labeling(
             if clusters is not None and len(clusters)
             else None
         )
-        if n_labeled < config.cold_start_labeled:
+        if config.cold(n_labeled):
             add(_representative(pool, budget, config.seed, cluster_of))
         else:
             total = config.bugs_share + config.confidence_share + config.random_share

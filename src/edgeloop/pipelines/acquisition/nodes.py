@@ -8,7 +8,12 @@ from typing import Any
 
 import pandas as pd
 
-from edgeloop.acquisition import AcquisitionConfig, select_for_labeling, unlabeled_pool
+from edgeloop.acquisition import (
+    AcquisitionConfig,
+    learnable,
+    select_for_labeling,
+    unlabeled_pool,
+)
 from edgeloop.lake import Lake
 from edgeloop.novelty import join_novelty
 
@@ -33,9 +38,7 @@ def build_labeling_queue(
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
     images = lake.read("images", columns=["image_id", "split"])
-    # What the model learns from: the test split (a fixed evaluation set) is
-    # not counted towards hitl's cold start.
-    learnt = labeled - set(images.loc[images["split"] == "test", "image_id"])
+    n_learnable = images.loc[learnable(images, labeled), "image_id"].nunique()
     preds = lake.read("predictions")
     pool = join_novelty(unlabeled_pool(preds, labeled), novelty)
     if (
@@ -50,7 +53,7 @@ def build_labeling_queue(
         )
     top = clusters[clusters["level"] == 0] if len(clusters) else clusters
     queue = select_for_labeling(
-        pool, config, knn=knn, clusters=top, n_labeled=len(learnt)
+        pool, config, knn=knn, clusters=top, n_labeled=n_learnable
     )
     summary = {
         "strategy": config.strategy,
@@ -58,9 +61,8 @@ def build_labeling_queue(
         "pool": len(pool),
         "labeled": len(labeled),
         "picked": len(queue),
-        "labeled_outside_test": len(learnt),
-        "cold_start": config.strategy == "hitl"
-        and len(learnt) < config.cold_start_labeled,
+        "labeled_outside_test": n_learnable,
+        "cold_start": config.cold(n_learnable),
         "per_reason": queue["reason"].value_counts().sort_index().astype(int).to_dict(),
         "predictions_version": lake.reads.get("predictions"),
         "labels_version": lake.reads.get("labels"),

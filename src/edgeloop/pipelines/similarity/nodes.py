@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from edgeloop.acquisition import unlabeled_pool
+from edgeloop.acquisition import learnable, unlabeled_pool
 from edgeloop.classmap import ClassMap
 from edgeloop.features import ObjectProfiles
 from edgeloop.imaging import decode_image, decode_mask
@@ -125,7 +125,7 @@ def _reference(lake: Lake) -> pd.DataFrame:
     """
     images = lake.read("images", columns=["image_id", "blob_uri", "split"])
     labelled = set(lake.read("labels", columns=["image_id"])["image_id"])
-    keep = images["image_id"].isin(labelled) & (images["split"] != "test")
+    keep = learnable(images, labelled)
     return (
         images.loc[keep, ["image_id", "blob_uri"]]
         .rename(columns={"blob_uri": "image_blob"})
