@@ -102,6 +102,50 @@ def test_hitl_bugs_first_round_robin_then_capped_confidence_then_random():
     assert "img05" not in set(q["image_id"])
 
 
+def test_hitl_bug_order_by_doubt_reorders_each_bugs_shortlist_only():
+    pool = unlabeled_pool(_preds(), set())
+    # bug-a's nearest are img30..img35 (rank 1..6), bug-b's img10..img12; lower
+    # ids are more doubtful (higher mean_entropy) in _preds.
+    knn = pd.DataFrame(
+        {
+            "bug_id": ["bug-a"] * 6 + ["bug-b"] * 3,
+            "tag": ["night"] * 6 + ["haze"] * 3,
+            "image_id": [f"img{i}" for i in (30, 31, 32, 33, 34, 35, 12, 11, 10)],
+            "distance": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.1, 0.2, 0.3],
+            "nearest_seed": ["s"] * 9,
+            "rank": [1, 2, 3, 4, 5, 6, 1, 2, 3],
+        }
+    )
+
+    def bugs(**hitl):
+        cfg = _cfg(
+            strategy="hitl",
+            budget=12,
+            hitl={"bugs": 1, "confidence": 0, "random": 0, **hitl},
+        )
+        q = _select(pool, cfg, knn=knn)
+        return q[q["reason"] == "bug_candidate"]
+
+    assert bugs()["image_id"].tolist()[:4] == ["img30", "img12", "img31", "img11"]
+    # The 3 nearest of each bug, the most doubtful first, then the rest by rank.
+    by_doubt = bugs(bug_order="mean_entropy", bug_shortlist=3)
+    assert by_doubt["image_id"].tolist() == [
+        "img30", "img10", "img31", "img11", "img32", "img12", "img33", "img34", "img35"
+    ]  # fmt: skip
+    assert by_doubt["detail"].iloc[1] == (
+        "bug-b (haze): #3 nearest to s, mean_entropy=0.895"
+    )
+    # A score where lower is more doubtful is turned around.
+    top = bugs(bug_order="mean_max_prob", bug_shortlist=6)["image_id"].tolist()
+    assert top[:2] == ["img30", "img10"]
+    with pytest.raises(ValueError, match="no 'novelty' scores to order bug"):
+        _select(
+            pool.drop(columns="novelty"),
+            _cfg(strategy="hitl", hitl={"bug_order": "novelty"}),
+            knn=knn,
+        )
+
+
 def test_hitl_without_bugs_rolls_their_share_over():
     pool = unlabeled_pool(_preds(), set())
     q = _select(pool, _cfg(strategy="hitl"))
@@ -204,6 +248,8 @@ def test_budget_larger_than_the_pool_takes_everything():
         ({"hitl": {"bugs": -1}}, "shares"),
         ({"hitl": {"cluster_cap": 0}}, "cluster_cap"),
         ({"hitl": {"cold_start_labeled": -1}}, "hitl.cold_start_labeled"),
+        ({"hitl": {"bug_order": "closest"}}, "hitl.bug_order"),
+        ({"hitl": {"bug_shortlist": 0}}, "hitl.bug_shortlist"),
         ({"budgett": 3}, "unknown key"),
     ],
 )

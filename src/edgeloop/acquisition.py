@@ -5,8 +5,10 @@ Three strategies over the same pool, so the simulation compares them fairly:
 - `random`: uniform picks from the unlabeled pool.
 - `entropy`: the top-k least confident (by `uncertainty_score`).
 - `hitl`: the loop. KNN candidates of open bugs first (round robin over bugs,
-  nearest first), then confidence checks (by `hitl_score`, novelty by default)
-  with at most `cluster_cap` per cluster, then random checks. A stage that
+  nearest first, or by `bug_order`: the most doubtful of each bug's
+  `bug_shortlist` nearest first), then confidence checks (by `hitl_score`,
+  novelty by default) with at most `cluster_cap` per cluster, then random
+  checks. A stage that
   cannot fill its share passes the rest on. Optional cold start: while fewer
   than `cold_start_labeled` images are labeled, hitl takes a representative
   sample instead (random within each level-0 cluster, in proportion to the
@@ -64,6 +66,8 @@ class AcquisitionConfig:
     random_share: float = 0.2
     cluster_cap: int = 3
     cold_start_labeled: int = 0
+    bug_order: str = "nearest"
+    bug_shortlist: int = 10
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AcquisitionConfig:
@@ -89,6 +93,8 @@ class AcquisitionConfig:
             cold_start_labeled=int(
                 hitl.get("cold_start_labeled", cls.cold_start_labeled)
             ),
+            bug_order=str(hitl.get("bug_order", cls.bug_order)),
+            bug_shortlist=int(hitl.get("bug_shortlist", cls.bug_shortlist)),
         )
         if cfg.strategy not in STRATEGIES:
             raise ValueError(
@@ -106,6 +112,15 @@ class AcquisitionConfig:
                     f"acquisition.{name} must be one of "
                     f"{sorted(_DOUBT_DIRECTION)}, got {value!r}"
                 )
+        if cfg.bug_order != "nearest" and cfg.bug_order not in _DOUBT_DIRECTION:
+            raise ValueError(
+                "acquisition.hitl.bug_order must be 'nearest' or one of "
+                f"{sorted(_DOUBT_DIRECTION)}, got {cfg.bug_order!r}"
+            )
+        if cfg.bug_shortlist < 1:
+            raise ValueError(
+                f"acquisition.hitl.bug_shortlist must be >= 1, got {cfg.bug_shortlist}"
+            )
         shares = (cfg.bugs_share, cfg.confidence_share, cfg.random_share)
         if min(shares) < 0 or sum(shares) <= 0:
             raise ValueError(
@@ -267,15 +282,44 @@ def _confident_last(
 
 
 def _bug_candidates(
-    pool: pd.DataFrame, knn: pd.DataFrame | None, n: int, taken: set[str]
+    pool: pd.DataFrame,
+    knn: pd.DataFrame | None,
+    n: int,
+    taken: set[str],
+    order: str = "nearest",
+    shortlist: int = 10,
 ) -> list[dict]:
+    """Round robin over the open bugs, each bug's candidates in `order`.
+
+    `nearest`: by KNN rank. A doubt score (e.g. `mean_entropy`): each bug's
+    `shortlist` nearest candidates, the most doubtful first (images like the
+    bug that the model is least sure of), then the rest by rank.
+    """
     if n <= 0 or knn is None or knn.empty:
         return []
     knn = knn[knn["image_id"].isin(pool["image_id"]) & ~knn["image_id"].isin(taken)]
-    queues = {
-        bug: group.sort_values(["rank", "image_id"]).to_dict("records")
-        for bug, group in knn.groupby("bug_id", sort=True)
-    }
+    if order != "nearest":
+        if order not in pool.columns:
+            raise ValueError(
+                f"the pool has no {order!r} scores to order bug candidates by "
+                "(acquisition.hitl.bug_order)"
+            )
+        by_id = pool.set_index("image_id")
+        knn = knn.assign(
+            _doubt=knn["image_id"].map(_doubt(by_id, order)).to_numpy(),
+            _score=knn["image_id"].map(by_id[order]).to_numpy(),
+        )
+
+    def ordered(group: pd.DataFrame) -> list[dict]:
+        group = group.sort_values(["rank", "image_id"], kind="stable")
+        if order == "nearest":
+            return group.to_dict("records")
+        head = group.iloc[:shortlist].sort_values(
+            ["_doubt", "rank"], ascending=[False, True], na_position="last"
+        )
+        return pd.concat([head, group.iloc[shortlist:]]).to_dict("records")
+
+    queues = {bug: ordered(group) for bug, group in knn.groupby("bug_id", sort=True)}
     picks: list[dict] = []
     seen: set[str] = set()
     while len(picks) < n and any(queues.values()):
@@ -294,6 +338,7 @@ def _bug_candidates(
         [
             f"{c['bug_id']} ({c['tag']}): #{int(c['rank'])} nearest to "
             f"{str(c['nearest_seed'])[:12]}"
+            + ("" if order == "nearest" else f", {order}={c['_score']:.3f}")
             for c in picks
         ],
         [float(c["distance"]) for c in picks],
@@ -360,7 +405,16 @@ def select_for_labeling(
             total = config.bugs_share + config.confidence_share + config.random_share
             bugs_n = int(round(budget * config.bugs_share / total))
             conf_n = int(round(budget * config.confidence_share / total))
-            add(_bug_candidates(pool, knn, bugs_n, taken))
+            add(
+                _bug_candidates(
+                    pool,
+                    knn,
+                    bugs_n,
+                    taken,
+                    config.bug_order,
+                    config.bug_shortlist,
+                )
+            )
             conf_n += bugs_n - len(rows)  # what the bugs could not fill rolls over
             add(
                 _confident_last(
