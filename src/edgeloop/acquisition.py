@@ -8,11 +8,11 @@ Three strategies over the same pool, so the simulation compares them fairly:
   nearest first, or by `bug_order`: the most doubtful of each bug's
   `bug_shortlist` nearest first), then confidence checks (by `hitl_score`,
   novelty by default) with at most `cluster_cap` per cluster, then random
-  checks. A stage that
-  cannot fill its share passes the rest on. Optional cold start: while fewer
-  than `cold_start_labeled` images are labeled, hitl takes a representative
-  sample instead (random within each level-0 cluster, in proportion to the
-  clusters' sizes), for when a weak model's bugs and doubts are everywhere.
+  checks. A stage that cannot fill its share passes the rest on. Optional
+  cold start: while fewer than `cold_start_labeled` images are labeled, hitl
+  takes a representative sample instead (random within each level-0
+  cluster, in proportion to the clusters' sizes), for when a weak model's
+  bugs and doubts are everywhere.
 
 All pure functions over frames; the pipeline does the I/O.
 """
@@ -166,8 +166,13 @@ def unlabeled_pool(predictions: pd.DataFrame, labeled_ids: set[str]) -> pd.DataF
     return pool.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def _doubt(pool: pd.DataFrame, score: str) -> pd.Series:
-    """Higher = more doubtful."""
+def _doubt(pool: pd.DataFrame, score: str, used_for: str) -> pd.Series:
+    """Higher = more doubtful; a clear error when the pool lacks the score."""
+    if score not in pool.columns:
+        raise ValueError(
+            f"the pool has no {score!r} scores {used_for} (novelty comes from "
+            "the similarity context's novelty_scores)"
+        )
     values = pool[score].astype(float)
     return values if _DOUBT_DIRECTION[score] else -values
 
@@ -250,12 +255,7 @@ def _confident_last(
 ) -> list[dict]:
     if n <= 0:
         return []
-    if score not in pool.columns:
-        raise ValueError(
-            f"the pool has no {score!r} scores (novelty comes from the similarity "
-            "context's novelty_scores)"
-        )
-    doubt = _doubt(pool, score)
+    doubt = _doubt(pool, score, f"to rank by ({reason})")
     order = (
         pool.assign(_doubt=doubt.to_numpy())
         .dropna(subset=["_doubt"])  # an image without the score is never picked
@@ -299,15 +299,10 @@ def _bug_candidates(
         return []
     knn = knn[knn["image_id"].isin(pool["image_id"]) & ~knn["image_id"].isin(taken)]
     if order != "nearest":
-        if order not in pool.columns:
-            raise ValueError(
-                f"the pool has no {order!r} scores to order bug candidates by "
-                "(acquisition.hitl.bug_order)"
-            )
-        by_id = pool.set_index("image_id")
+        doubt = _doubt(pool, order, "to order bug candidates by (bug_order)")
+        score_of = pool.set_index("image_id")[order]
         knn = knn.assign(
-            _doubt=knn["image_id"].map(_doubt(by_id, order)).to_numpy(),
-            _score=knn["image_id"].map(by_id[order]).to_numpy(),
+            _doubt=knn["image_id"].map(doubt.set_axis(pool["image_id"])).to_numpy()
         )
 
     def ordered(group: pd.DataFrame) -> list[dict]:
@@ -338,7 +333,7 @@ def _bug_candidates(
         [
             f"{c['bug_id']} ({c['tag']}): #{int(c['rank'])} nearest to "
             f"{str(c['nearest_seed'])[:12]}"
-            + ("" if order == "nearest" else f", {order}={c['_score']:.3f}")
+            + ("" if order == "nearest" else f", {order}={score_of[c['image_id']]:.3f}")
             for c in picks
         ],
         [float(c["distance"]) for c in picks],
