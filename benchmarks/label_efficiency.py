@@ -48,6 +48,7 @@ from edgeloop.simulate import (
 from edgeloop.sources import SourceError, list_camvid
 
 TARGET = 0.95
+TIE = 0.0005  # a paired difference under this prints as +-0.000: level
 
 
 def _pm(values: list[float], fmt: str = "{:.3f}") -> str:
@@ -289,12 +290,16 @@ def main(argv: list[str] | None = None) -> int:
                 if (seed, b) in by_seed["hitl"] and (seed, b) in by_seed["random"]
             ]
             if pairs:
-                ahead = sum(d > 0 for d in pairs)
+                # A difference that prints as +0.000 or -0.000 is a tie, not a lead.
+                ahead = sum(d >= TIE for d in pairs)
+                level = sum(abs(d) < TIE for d in pairs)
                 print(
                     f"  {b:>4} masks: "
                     + " ".join(f"{d:+.3f}" for d in pairs)
                     + f"  (mean {np.mean(pairs):+.3f}; hitl ahead in "
-                    f"{ahead}/{len(pairs)} seeds)"
+                    f"{ahead}/{len(pairs)} seeds"
+                    + (f", level in {level}" if level else "")
+                    + ")"
                 )
     tags = annotator.get("bug_tags") or []
     if tags:
