@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         f"simulated reviewer: a bug when the prediction's mIoU < {reviewer}",
         "forgetting event: a promoted model losing > 0.03 mIoU vs the previous "
         "one on an eval slice with n >= 30",
-        f"wall time {minutes:.1f} min on this machine",
+        f"wall time {minutes:.1f} min on this machine (this invocation: runs "
+        "already complete in --out are reused, not timed again)",
     ]
     print("\nRules of the comparison")
     for rule in rules:
