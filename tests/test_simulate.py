@@ -26,6 +26,7 @@ from edgeloop.simulate import (
     LabeledFolder,
     SimulatedAnnotator,
     copy_project,
+    discover_after_review,
     forgetting_events,
 )
 
@@ -178,6 +179,26 @@ def test_forgetting_events_compare_promoted_models_on_big_slices():
 
 
 # -- the loop end to end ----------------------------------------------------------
+
+
+def test_the_second_discover_run_reuses_the_similarity_context_and_skips_nothing_else():
+    from edgeloop.pipelines.discover import create_pipeline
+
+    discover = create_pipeline()
+    context = {"embed_images", "cluster_images", "score_novelty"}
+    first = {n.name for n in discover.to_nodes("export_review_tasks").nodes}
+    second = set(discover_after_review())
+    assert context <= first and not context & second
+    # Every discover node runs in one of the two runs; only review's own nodes
+    # run in both (again with this iteration's verdicts).
+    assert first | second == {n.name for n in discover.nodes}
+    assert first & second == {
+        "lake_after_production",
+        "import_review_verdicts",
+        "build_review",
+        "export_review_tasks",
+    }
+
 
 BUDGET, ITERATIONS = 6, 2
 

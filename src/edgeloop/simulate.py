@@ -506,6 +506,7 @@ def kedro_run(
     params: Mapping[str, Any],
     from_nodes: Sequence[str] | None = None,
     to_nodes: Sequence[str] | None = None,
+    node_names: Sequence[str] | None = None,
 ) -> None:
     """One real Kedro session in `project` (its folder is the working folder)."""
     from kedro.framework.session import KedroSession
@@ -520,7 +521,25 @@ def kedro_run(
                 pipeline_names=list(pipelines),
                 from_nodes=list(from_nodes) if from_nodes else None,
                 to_nodes=list(to_nodes) if to_nodes else None,
+                node_names=list(node_names) if node_names else None,
             )
+
+
+def discover_after_review() -> list[str]:
+    """The `discover` nodes the second run of an iteration runs.
+
+    The simulator runs `discover` twice per iteration: up to the review tasks,
+    then (once the reviewer has answered) from the verdict import on. Both runs
+    start from the same scored lake, so the similarity context (embeddings,
+    clusters, novelty) the first run saved is loaded, not computed again:
+    everything from `lake_after_production` on except those nodes.
+    """
+    from edgeloop.pipelines.discover import create_pipeline
+    from edgeloop.pipelines.similarity.pipeline import context_pipeline
+
+    context = {n.name for n in context_pipeline().nodes}
+    after = create_pipeline().from_nodes("lake_after_production")
+    return [n.name for n in after.nodes if n.name not in context]
 
 
 @dataclass
@@ -801,7 +820,8 @@ def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
             t0 = time.perf_counter()
             if stage in ("discover-review", "discover"):
                 # Up to the review tasks; then again from the verdict import on,
-                # so this iteration's verdicts open bugs before acquisition.
+                # so this iteration's verdicts open bugs before acquisition
+                # (reusing the first run's embeddings, clusters and novelty).
                 params_k = run.params(k)
                 if plan.strategy == REFERENCE:
                     params_k["acquisition"]["budget"] = len(pool)
@@ -812,7 +832,7 @@ def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
                     pipelines=["discover"],
                     params=params_k,
                     to_nodes=["export_review_tasks"] if first else None,
-                    from_nodes=None if first else ["lake_after_production"],
+                    node_names=None if first else discover_after_review(),
                 )
             elif stage == "review":
                 stats = {"reviews": 0, "bugs": 0, "skipped": 0, "cost": 0.0}
