@@ -504,7 +504,6 @@ def kedro_run(
     env: str | None,
     pipelines: Sequence[str],
     params: Mapping[str, Any],
-    from_nodes: Sequence[str] | None = None,
     to_nodes: Sequence[str] | None = None,
     node_names: Sequence[str] | None = None,
 ) -> None:
@@ -519,7 +518,6 @@ def kedro_run(
         ) as session:
             session.run(
                 pipeline_names=list(pipelines),
-                from_nodes=list(from_nodes) if from_nodes else None,
                 to_nodes=list(to_nodes) if to_nodes else None,
                 node_names=list(node_names) if node_names else None,
             )
