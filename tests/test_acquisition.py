@@ -146,6 +146,53 @@ def test_hitl_bug_order_by_doubt_reorders_each_bugs_shortlist_only():
         )
 
 
+def test_hitl_bug_seeds_label_the_flagged_images_before_their_neighbours():
+    pool = unlabeled_pool(_preds(), {"img07"})
+    knn = pd.DataFrame(
+        {
+            "bug_id": ["bug-a"] * 2 + ["bug-b"] * 2,
+            "tag": ["night"] * 2 + ["haze"] * 2,
+            "image_id": ["img30", "img31", "img35", "img36"],
+            "distance": [0.1, 0.2, 0.1, 0.2],
+            "nearest_seed": ["img03", "img03", "img08", "img08"],
+            "rank": [1, 2, 1, 2],
+        }
+    )
+    # bug-a was flagged on img03 and img04; bug-b on img07 (labeled since) and
+    # img08; bug-c has no candidates, only its own image.
+    seeds = pd.DataFrame(
+        {
+            "bug_id": ["bug-a", "bug-a", "bug-b", "bug-b", "bug-c"],
+            "tag": ["night", "night", "haze", "haze", "other"],
+            "image_id": ["img03", "img04", "img07", "img08", "img09"],
+        }
+    )
+
+    def queue(**hitl):
+        cfg = _cfg(
+            strategy="hitl",
+            budget=7,
+            hitl={"bugs": 1, "confidence": 0, "random": 0, **hitl},
+        )
+        return _select(pool, cfg, knn=knn, bug_seeds=seeds)
+
+    # Off (the default): the flagged images are not in the bug share.
+    off = queue()
+    assert off["image_id"].tolist()[:4] == ["img30", "img35", "img31", "img36"]
+    assert set(off["reason"]) == {"bug_candidate", "low_confidence"}
+    on = queue(bug_seeds=True)
+    # Round robin over bugs, each bug's unlabeled seeds first.
+    assert on["image_id"].tolist() == [
+        "img03", "img08", "img09", "img04", "img35", "img30", "img36"
+    ]  # fmt: skip
+    assert on["reason"].tolist() == ["bug_seed"] * 4 + ["bug_candidate"] * 3
+    assert on["detail"].iloc[0] == "bug-a (night): the flagged image itself"
+    assert on["score"].iloc[0] == 0.0
+    # Seeds stay first when the candidates are ordered by doubt.
+    by_doubt = queue(bug_seeds=True, bug_order="mean_entropy")
+    assert by_doubt["image_id"].tolist()[:4] == ["img03", "img08", "img09", "img04"]
+
+
 def test_hitl_without_bugs_rolls_their_share_over():
     pool = unlabeled_pool(_preds(), set())
     q = _select(pool, _cfg(strategy="hitl"))
@@ -250,6 +297,7 @@ def test_budget_larger_than_the_pool_takes_everything():
         ({"hitl": {"cold_start_labeled": -1}}, "hitl.cold_start_labeled"),
         ({"hitl": {"bug_order": "closest"}}, "hitl.bug_order"),
         ({"hitl": {"bug_shortlist": 0}}, "hitl.bug_shortlist"),
+        ({"hitl": {"bug_seeds": "yes"}}, "hitl.bug_seeds"),
         ({"budgett": 3}, "unknown key"),
     ],
 )

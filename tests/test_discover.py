@@ -174,6 +174,16 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     assert picked.tolist() == knn["image_id"].tolist()[:6]  # nearest first
     assert q["image_id"].is_unique and len(q) == 12
     assert Path(ITER0 / "knn_montages" / "bug-night-0.png").is_file()
+    # With hitl.bug_seeds the flagged images themselves go first (the lake's
+    # edge_cases give them), then the bug's nearest candidates.
+    _run(
+        ["acquisition"],
+        acquisition={"budget": 12, "hitl": {"bug_seeds": True}},
+    )
+    q2 = _latest(OUT0 / "labeling_queue.parquet").sort_values("rank")
+    assert q2["reason"].tolist()[:6] == ["bug_seed"] * 3 + ["bug_candidate"] * 3
+    assert set(q2["image_id"].iloc[:3]) == seeds
+    assert q2["image_id"].tolist()[3:6] == knn["image_id"].tolist()[:3]
     health = pd.read_csv(ITER0 / "model_health.csv")
     assert health["reviewed"].sum() == 4 and health["bugs"].sum() == 3
 

@@ -6,7 +6,8 @@ Three strategies over the same pool, so the simulation compares them fairly:
 - `entropy`: the top-k least confident (by `uncertainty_score`).
 - `hitl`: the loop. KNN candidates of open bugs first (round robin over bugs,
   nearest first, or by `bug_order`: the most doubtful of each bug's
-  `bug_shortlist` nearest first), then confidence checks (by `hitl_score`,
+  `bug_shortlist` nearest first; with `bug_seeds`, each bug's own unlabeled
+  seed images before its candidates), then confidence checks (by `hitl_score`,
   novelty by default) with at most `cluster_cap` per cluster, then random
   checks. A stage that cannot fill its share passes the rest on. Optional
   cold start: while fewer than `cold_start_labeled` images are labeled, hitl
@@ -29,6 +30,7 @@ import pandas as pd
 from edgeloop.review import CONFIDENCE_SCORES
 
 __all__ = [
+    "KNN_COLUMNS",
     "LABELING_QUEUE_COLUMNS",
     "STRATEGIES",
     "AcquisitionConfig",
@@ -38,6 +40,8 @@ __all__ = [
 ]
 
 STRATEGIES = ("random", "entropy", "hitl")
+# The similarity context's KNN candidates of open bugs (hitl's bug share).
+KNN_COLUMNS = ["bug_id", "tag", "image_id", "distance", "nearest_seed", "rank"]
 LABELING_QUEUE_COLUMNS = [
     "rank",
     "image_id",
@@ -68,6 +72,7 @@ class AcquisitionConfig:
     cold_start_labeled: int = 0
     bug_order: str = "nearest"
     bug_shortlist: int = 10
+    bug_seeds: bool = False
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AcquisitionConfig:
@@ -95,6 +100,7 @@ class AcquisitionConfig:
             ),
             bug_order=str(hitl.get("bug_order", cls.bug_order)),
             bug_shortlist=int(hitl.get("bug_shortlist", cls.bug_shortlist)),
+            bug_seeds=hitl.get("bug_seeds", cls.bug_seeds),
         )
         if cfg.strategy not in STRATEGIES:
             raise ValueError(
@@ -116,6 +122,11 @@ class AcquisitionConfig:
             raise ValueError(
                 "acquisition.hitl.bug_order must be 'nearest' or one of "
                 f"{sorted(_DOUBT_DIRECTION)}, got {cfg.bug_order!r}"
+            )
+        if not isinstance(cfg.bug_seeds, bool):
+            raise ValueError(
+                "acquisition.hitl.bug_seeds must be true or false, "
+                f"got {cfg.bug_seeds!r}"
             )
         if cfg.bug_shortlist < 1:
             raise ValueError(
@@ -288,16 +299,28 @@ def _bug_candidates(
     taken: set[str],
     order: str = "nearest",
     shortlist: int = 10,
+    seeds: pd.DataFrame | None = None,
 ) -> list[dict]:
     """Round robin over the open bugs, each bug's candidates in `order`.
 
     `nearest`: by KNN rank. A doubt score (e.g. `mean_entropy`): each bug's
     `shortlist` nearest candidates, the most doubtful first (images like the
-    bug that the model is least sure of), then the rest by rank.
+    bug that the model is least sure of), then the rest by rank. `seeds`
+    (bug_id, tag, image_id): each bug's own images, which go before its
+    candidates when they are still unlabeled (reason `bug_seed`).
     """
-    if n <= 0 or knn is None or knn.empty:
+    if n <= 0:
         return []
+    parts = [] if knn is None or knn.empty else [knn[KNN_COLUMNS]]
+    if seeds is not None and len(seeds):
+        own = seeds.assign(distance=0.0, nearest_seed=seeds["image_id"], rank=0)
+        parts.insert(0, own[KNN_COLUMNS])
+    if not parts:
+        return []
+    knn = pd.concat(parts, ignore_index=True)
     knn = knn[knn["image_id"].isin(pool["image_id"]) & ~knn["image_id"].isin(taken)]
+    if knn.empty:
+        return []
     if order != "nearest":
         doubt = _doubt(pool, order, "to order bug candidates by (bug_order)")
         score_of = pool.set_index("image_id")[order]
@@ -307,12 +330,13 @@ def _bug_candidates(
 
     def ordered(group: pd.DataFrame) -> list[dict]:
         group = group.sort_values(["rank", "image_id"], kind="stable")
+        first, group = group[group["rank"] == 0], group[group["rank"] > 0]
         if order == "nearest":
-            return group.to_dict("records")
+            return first.to_dict("records") + group.to_dict("records")
         head = group.iloc[:shortlist].sort_values(
             ["_doubt", "rank"], ascending=[False, True], na_position="last"
         )
-        return pd.concat([head, group.iloc[shortlist:]]).to_dict("records")
+        return pd.concat([first, head, group.iloc[shortlist:]]).to_dict("records")
 
     queues = {bug: ordered(group) for bug, group in knn.groupby("bug_id", sort=True)}
     picks: list[dict] = []
@@ -326,18 +350,25 @@ def _bug_candidates(
             c = queues[bug].pop(0)
             seen.add(c["image_id"])
             picks.append(c)
-    return _rows(
+
+    def detail(c: dict) -> str:
+        doubt = "" if order == "nearest" else f", {order}={score_of[c['image_id']]:.3f}"
+        if int(c["rank"]) == 0:
+            return f"{c['bug_id']} ({c['tag']}): the flagged image itself{doubt}"
+        near = f"#{int(c['rank'])} nearest to {str(c['nearest_seed'])[:12]}"
+        return f"{c['bug_id']} ({c['tag']}): {near}{doubt}"
+
+    rows = _rows(
         pool,
         [c["image_id"] for c in picks],
         "bug_candidate",
-        [
-            f"{c['bug_id']} ({c['tag']}): #{int(c['rank'])} nearest to "
-            f"{str(c['nearest_seed'])[:12]}"
-            + ("" if order == "nearest" else f", {order}={score_of[c['image_id']]:.3f}")
-            for c in picks
-        ],
+        [detail(c) for c in picks],
         [float(c["distance"]) for c in picks],
     )
+    for row, c in zip(rows, picks, strict=True):
+        if int(c["rank"]) == 0:
+            row["reason"] = "bug_seed"
+    return rows
 
 
 def select_for_labeling(
@@ -347,6 +378,7 @@ def select_for_labeling(
     knn: pd.DataFrame | None = None,
     clusters: pd.DataFrame | None = None,
     n_labeled: int,
+    bug_seeds: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The labeling queue: up to `config.budget` images, each with its reason.
 
@@ -360,6 +392,8 @@ def select_for_labeling(
         n_labeled: Images labeled so far (the node counts those outside the
             test split); hitl's cold start while it is below
             `config.cold_start_labeled`.
+        bug_seeds: The open bugs' own images (bug_id, tag, image_id); hitl
+            labels them before their candidates when `config.bug_seeds`.
 
     Returns:
         `LABELING_QUEUE_COLUMNS`, rank 1 first; an image appears once.
@@ -408,6 +442,7 @@ def select_for_labeling(
                     taken,
                     config.bug_order,
                     config.bug_shortlist,
+                    bug_seeds if config.bug_seeds else None,
                 )
             )
             conf_n += bugs_n - len(rows)  # what the bugs could not fill rolls over

@@ -16,8 +16,19 @@ from edgeloop.acquisition import (
 )
 from edgeloop.lake import Lake
 from edgeloop.novelty import join_novelty
+from edgeloop.review_tasks import LIVE_STATUSES, current_bugs
 
 log = logging.getLogger(__name__)
+
+
+def _bug_seeds(lake: Lake) -> pd.DataFrame:
+    """The open bugs' own images: one row (bug_id, tag, image_id) per seed."""
+    bugs = current_bugs(lake.read("edge_cases"))
+    live = bugs[bugs["status"].isin(LIVE_STATUSES)]
+    rows = [
+        (r.bug_id, r.tag, str(s)) for r in live.itertuples() for s in r.seed_image_ids
+    ]
+    return pd.DataFrame(rows, columns=["bug_id", "tag", "image_id"])
 
 
 def build_labeling_queue(
@@ -33,7 +44,9 @@ def build_labeling_queue(
     prediction's scores, and its `novelty` from the similarity context).
     `random` and `entropy` ignore the KNN candidates, clusters and novelty
     (unless a score names it); all three strategies run this same node.
-    hitl's cold start counts the labeled images outside the test split.
+    hitl's cold start counts the labeled images outside the test split;
+    with `hitl.bug_seeds` the open bugs' own images (from the lake's
+    `edge_cases`) go before their candidates.
     """
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
@@ -52,8 +65,9 @@ def build_labeling_queue(
             "context first), so hitl's confidence share goes to random picks"
         )
     top = clusters[clusters["level"] == 0] if len(clusters) else clusters
+    seeds = _bug_seeds(lake) if config.strategy == "hitl" and config.bug_seeds else None
     queue = select_for_labeling(
-        pool, config, knn=knn, clusters=top, n_labeled=n_learnable
+        pool, config, knn=knn, clusters=top, n_labeled=n_learnable, bug_seeds=seeds
     )
     summary = {
         "strategy": config.strategy,

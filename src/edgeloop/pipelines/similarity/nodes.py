@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from edgeloop.acquisition import learnable, unlabeled_pool
+from edgeloop.acquisition import KNN_COLUMNS, learnable, unlabeled_pool
 from edgeloop.classmap import ClassMap
 from edgeloop.features import ObjectProfiles
 from edgeloop.imaging import decode_image, decode_mask
@@ -38,8 +38,6 @@ from edgeloop.vectorindex import (
 )
 
 log = logging.getLogger(__name__)
-
-KNN_COLUMNS = ["bug_id", "tag", "image_id", "distance", "nearest_seed", "rank"]
 
 
 def _embedder(lake: Lake, models: pd.DataFrame, params: Mapping[str, Any]):
