@@ -162,9 +162,13 @@ def test_effort_is_measured_against_the_prediction_the_annotation_started_from()
 def test_tasks_put_doubtful_pre_annotations_first_and_the_config_has_generics():
     queue = pd.DataFrame(
         {
-            "image_id": ["a", "b"],
-            "reason": ["bug_candidate", "random"],
-            "detail": ["bug-glare-0 (glare): #1 nearest to abc", None],
+            "image_id": ["a", "b", "c"],
+            "reason": ["bug_candidate", "random", "bug_seed"],
+            "detail": [
+                "bug-glare-0 (glare): #1 nearest to abc",
+                None,
+                "bug-haze-0 (haze): the flagged image itself",
+            ],
         }
     )
     pres = {
@@ -173,10 +177,12 @@ def test_tasks_put_doubtful_pre_annotations_first_and_the_config_has_generics():
             (PreLabel("own_model", _mask(1), tuple(NAMES), 0.4), 0.4),
             (PreLabel("slic", _mask(1), tuple(NAMES), 0.5), 0.45),
         ],
+        "c": [(PreLabel("own_model", _mask(0), tuple(NAMES), 0.95), 0.95)],
     }
-    urls = {"a": PREFIX + "a.png", "b": PREFIX + "b.png"}
+    urls = {"a": PREFIX + "a.png", "b": PREFIX + "b.png", "c": PREFIX + "c.png"}
     tasks = annotation_tasks(queue, pres, image_urls=urls)
-    assert [t["data"]["image_id"] for t in tasks] == ["b", "a"]
+    assert [t["data"]["image_id"] for t in tasks] == ["b", "a", "c"]
+    assert tasks[2]["data"]["bug_ids"] == "bug-haze-0"
     assert [p["model_version"] for p in tasks[0]["predictions"]] == [
         "slic",
         "own_model",

@@ -169,8 +169,10 @@ def annotation_tasks(
         detail = getattr(row, "detail", None)
         detail = detail if isinstance(detail, str) else ""
         reason = str(row.reason)
-        # A bug's KNN candidate: the detail starts with the bug id.
-        bug_ids = detail.split(" ", 1)[0] if reason == "bug_candidate" else ""
+        # A bug's own image or KNN candidate: the detail starts with the bug id.
+        bug_ids = (
+            detail.split(" ", 1)[0] if reason in ("bug_candidate", "bug_seed") else ""
+        )
         tasks.append(
             {
                 "data": {
