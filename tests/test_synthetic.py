@@ -127,6 +127,18 @@ def test_stream_rare_rates(stream: list[syn.Scene]) -> None:
     assert 0.2 <= fractions["ground"] <= 0.4
 
 
+def test_stream_rare_rate_is_a_parameter() -> None:
+    rarer = _tag_fractions(syn.generate_scenes("stream", 2000, size=32, rare_rate=0.02))
+    for tag in syn.RARE_CONDITIONS:
+        assert 0.005 <= rarer[tag] <= 0.04, (tag, rarer[tag])
+    # 0 leaves every rare condition out; the eval set does not use the rate.
+    none = _tag_fractions(syn.generate_scenes("stream", 300, size=32, rare_rate=0))
+    assert all(none[tag] == 0 for tag in syn.RARE_CONDITIONS)
+    assert syn.generate_scenes("eval", 5, size=32, rare_rate=0.0)[0].spec == (
+        syn.generate_scenes("eval", 5, size=32)[0].spec
+    )
+
+
 def test_collected_is_mostly_easy() -> None:
     scenes = syn.generate_scenes("collected", 1000, size=32, seed=0)
     fractions = _tag_fractions(scenes)
@@ -229,6 +241,8 @@ def test_image_brightness_by_lighting() -> None:
         ({"kind": "stream", "n": -1}, "n"),
         ({"kind": "stream", "n": 1, "size": 16}, "size"),
         ({"kind": "stream", "n": 1, "days": 0}, "days"),
+        ({"kind": "stream", "n": 1, "rare_rate": 0.5}, "rare_rate"),
+        ({"kind": "stream", "n": 1, "rare_rate": -0.01}, "rare_rate"),
     ],
 )
 def test_generate_scenes_bad_args(kwargs: dict, name: str) -> None:

@@ -775,30 +775,32 @@ class _ConditionProbs:
 
 
 @functools.cache
-def _stream_hour_rates() -> tuple[float, float, float]:
+def _stream_hour_rates(rate: float) -> tuple[float, float, float]:
     """Per-hour (night, dusk, glare) probabilities inside their windows.
 
-    Derived from the traffic profile so each lands near ``_STREAM_RARE_RATE``
-    of the whole stream.
+    Derived from the traffic profile so each lands near ``rate`` of the whole
+    stream.
     """
     total = sum(_HOUR_WEIGHTS)
 
     def share(hours: frozenset[int]) -> float:
         return sum(_HOUR_WEIGHTS[h] for h in hours) / total
 
-    night = _STREAM_RARE_RATE / share(_NIGHT_HOURS)
+    night = rate / share(_NIGHT_HOURS)
     # Night is decided first, so at hours in both windows dusk only gets the
     # remaining probability mass; compensate for that.
     dusk_mass = sum(
         _HOUR_WEIGHTS[h] * (1.0 - night if h in _NIGHT_HOURS else 1.0)
         for h in _DUSK_HOURS
     )
-    dusk = _STREAM_RARE_RATE * total / dusk_mass
-    glare = _STREAM_RARE_RATE / share(_GLARE_HOURS)
+    dusk = rate * total / dusk_mass
+    glare = rate / share(_GLARE_HOURS)
     return night, dusk, glare
 
 
-def _probs(kind: str, hour: int | None) -> _ConditionProbs:
+def _probs(
+    kind: str, hour: int | None, rare_rate: float = _STREAM_RARE_RATE
+) -> _ConditionProbs:
     """Condition probabilities for a set, and for the stream an hour."""
     if kind == "collected":
         rare = 0.002
@@ -806,15 +808,15 @@ def _probs(kind: str, hour: int | None) -> _ConditionProbs:
     if kind == "eval":
         return _ConditionProbs(0.5, 0.3, 0.18, 0.18, 0.2, 0.2, 0.2)
     assert hour is not None
-    night, dusk, glare = _stream_hour_rates()
+    night, dusk, glare = _stream_hour_rates(rare_rate)
     return _ConditionProbs(
         ground=0.3,
         overcast=0.2,
         dusk=dusk if hour in _DUSK_HOURS else 0.0,
         night=night if hour in _NIGHT_HOURS else 0.0,
         glare=glare if hour in _GLARE_HOURS else 0.0,
-        haze=_STREAM_RARE_RATE,
-        cloud=_STREAM_RARE_RATE,
+        haze=rare_rate,
+        cloud=rare_rate,
     )
 
 
@@ -857,6 +859,7 @@ def sample_spec(
     kind: str,
     hour: int | None = None,
     force: str | None = None,
+    rare_rate: float = _STREAM_RARE_RATE,
 ) -> SceneSpec:
     """Samples a scene spec with the condition statistics of a set.
 
@@ -870,6 +873,8 @@ def sample_spec(
             present. It overrides the set's statistics (and the stream's hour
             rules); forcing ``"night"`` removes glare and forcing ``"glare"``
             replaces night lighting by day.
+        rare_rate: The stream's share of each rare condition (see
+            :func:`generate_scenes`).
 
     Returns:
         The sampled spec.
@@ -884,7 +889,8 @@ def sample_spec(
         raise ValueError(f"force must be one of {CONDITION_TAGS}, got {force!r}")
     if kind == "stream" and hour is None:
         hour = _sample_hour(rng)
-    p = _probs(kind, hour)
+    _check_rare_rate(rare_rate)
+    p = _probs(kind, hour, rare_rate)
     u = rng.random(6)
     background = "ground" if u[0] < p.ground else "sky"
     if u[1] < p.night:
@@ -930,6 +936,12 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
+def _check_rare_rate(rate: float) -> None:
+    # Up to 0.1 keeps every per-hour probability derived from it below 1.
+    if not isinstance(rate, (float, *_INTEGERS)) or not 0.0 <= rate <= 0.1:
+        raise ValueError(f"rare_rate must be a number in [0, 0.1], got {rate!r}")
+
+
 def _check_size(size: int) -> None:
     if not isinstance(size, _INTEGERS) or size < _MIN_SIZE:
         raise ValueError(f"size must be an int >= {_MIN_SIZE}, got {size!r}")
@@ -956,6 +968,7 @@ def generate_scenes(
     seed: int = 0,
     start: datetime | None = None,
     days: int = 3,
+    rare_rate: float = _STREAM_RARE_RATE,
 ) -> list[Scene]:
     """Generates one of the standard sets.
 
@@ -973,6 +986,9 @@ def generate_scenes(
         start: Start of the stream's time window; defaults to
             2026-01-05 00:00 UTC. Only used by the stream.
         days: Length of the stream's time window in days, at least 1.
+        rare_rate: The stream's share of each rare condition (dusk, night,
+            glare, haze, cloud), in [0, 0.1]; 0.06 by default. Only used by
+            the stream (the eval set keeps 18-20% of each).
 
     Returns:
         Scenes named ``f"{kind}_{i:05d}"``; the stream is sorted by time.
@@ -986,6 +1002,7 @@ def generate_scenes(
     _check_size(size)
     if not isinstance(days, _INTEGERS) or days < 1:
         raise ValueError(f"days must be an int >= 1, got {days!r}")
+    _check_rare_rate(rare_rate)
     n, size = int(n), int(size)
     start = _DEFAULT_START if start is None else start
     rng = np.random.default_rng(np.random.SeedSequence([seed, KINDS.index(kind)]))
@@ -1009,6 +1026,7 @@ def generate_scenes(
             kind=kind,
             hour=None if when is None else when.hour,
             force=forces[i],
+            rare_rate=rare_rate,
         )
         image, mask = render_scene(spec, size=size)
         scenes.append(

@@ -29,6 +29,7 @@ class SyntheticConfig:
     n_eval: int = 300
     n_stream: int = 2000
     stream_days: int = 3
+    stream_rare_rate: float = 0.06
     eval_split: str = "test"
 
     @classmethod
@@ -41,6 +42,9 @@ class SyntheticConfig:
             n_eval=int(counts.get("eval", cls.n_eval)),
             n_stream=int(counts.get("stream", cls.n_stream)),
             stream_days=int(params.get("stream_days", cls.stream_days)),
+            stream_rare_rate=float(
+                params.get("stream_rare_rate", cls.stream_rare_rate)
+            ),
             eval_split=str(params.get("eval_split", cls.eval_split)),
         )
 
@@ -76,7 +80,12 @@ def generate_synthetic_scenes(
             for s in synthetic.generate_scenes(kind, n, size=cfg.size, seed=cfg.seed)
         ]
     stream = synthetic.generate_scenes(
-        "stream", cfg.n_stream, size=cfg.size, seed=cfg.seed, days=cfg.stream_days
+        "stream",
+        cfg.n_stream,
+        size=cfg.size,
+        seed=cfg.seed,
+        days=cfg.stream_days,
+        rare_rate=cfg.stream_rare_rate,
     )
     scenes["stream"] = [
         FolderItem(stem=s.name, image=s.image, meta={"captured_at": s.captured_at})
