@@ -41,6 +41,19 @@ def test_generate_keeps_stream_truth_apart():
     assert {item.meta["split"] for item in scenes["eval"]} == {"test"}
 
 
+def test_generate_passes_the_stream_rare_rate_on():
+    many = {**SYNTHETIC, "counts": {"collected": 0, "eval": 0, "stream": 200}}
+    rare = {"dusk", "night", "glare", "haze", "cloud"}
+
+    def rare_share(params):
+        _, truth = generate_synthetic_scenes(params, {"source": {"kind": "synthetic"}})
+        items = truth["stream"]
+        return sum(bool(rare & set(i.meta["tags"])) for i in items) / len(items)
+
+    assert rare_share({**many, "stream_rare_rate": 0.0}) == 0.0
+    assert rare_share(many) > 0.1  # the default 0.06 of each condition
+
+
 def test_generate_skips_for_other_sources():
     assert generate_synthetic_scenes(SYNTHETIC, {"source": {"kind": "camvid"}}) == (
         {},
