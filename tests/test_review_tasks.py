@@ -18,6 +18,7 @@ from edgeloop.review_tasks import (
     ReviewImportError,
     advance_status,
     current_bugs,
+    live_bug_seeds,
     parse_review_export,
     review_labeling_config,
     review_tasks,
@@ -361,6 +362,11 @@ def test_bug_life_cycle():
     assert now.loc["bug-night-1", "status"] == "fixed"
     assert now.loc["bug-night-1", "seed_image_ids"] == ["i1", "i2", "i9"]
     assert now.loc["bug-glare-1", "status"] == "open"
+    # The fixed night bug is no longer live; the open ones are, by bug_id.
+    assert live_bug_seeds(current_bugs(log)) == [
+        ("bug-glare-1", "glare", ["i2"]),
+        ("bug-other-1", "other", ["i4"]),
+    ]
 
     # A fixed bug's tag comes back: a new bug, not the fixed one.
     reopened = update_edge_cases(

@@ -48,6 +48,7 @@ __all__ = [
     "ReviewImportError",
     "advance_status",
     "current_bugs",
+    "live_bug_seeds",
     "parse_review_export",
     "reopen_bugs",
     "review_labeling_config",
@@ -449,6 +450,18 @@ def current_bugs(bugs: pd.DataFrame) -> pd.DataFrame:
         .drop_duplicates("bug_id", keep="last")
     )
     return latest.drop(columns="_seq").reset_index(drop=True)
+
+
+def live_bug_seeds(current: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """(bug_id, tag, seed image ids) of each live bug in `current_bugs`' output.
+
+    Live: open, or with KNN candidates not yet labelled. By bug_id.
+    """
+    live = current[current["status"].isin(LIVE_STATUSES)]
+    return [
+        (str(r.bug_id), str(r.tag), [str(s) for s in r.seed_image_ids])
+        for r in live.sort_values("bug_id", kind="stable").itertuples()
+    ]
 
 
 def _next_seq(bugs: pd.DataFrame, bug_id: str) -> int:

@@ -16,18 +16,15 @@ from edgeloop.acquisition import (
 )
 from edgeloop.lake import Lake
 from edgeloop.novelty import join_novelty
-from edgeloop.review_tasks import LIVE_STATUSES, current_bugs
+from edgeloop.review_tasks import current_bugs, live_bug_seeds
 
 log = logging.getLogger(__name__)
 
 
 def _bug_seeds(lake: Lake) -> pd.DataFrame:
     """The open bugs' own images: one row (bug_id, tag, image_id) per seed."""
-    bugs = current_bugs(lake.read("edge_cases"))
-    live = bugs[bugs["status"].isin(LIVE_STATUSES)]
-    rows = [
-        (r.bug_id, r.tag, str(s)) for r in live.itertuples() for s in r.seed_image_ids
-    ]
+    live = live_bug_seeds(current_bugs(lake.read("edge_cases")))
+    rows = [(bug_id, tag, s) for bug_id, tag, seeds in live for s in seeds]
     return pd.DataFrame(rows, columns=["bug_id", "tag", "image_id"])
 
 

@@ -19,7 +19,7 @@ from edgeloop.imaging import decode_image, decode_mask
 from edgeloop.lake import Lake
 from edgeloop.novelty import NOVELTY_COLUMNS, ColourHistograms, novelty_frame
 from edgeloop.registry import load_model, promoted_row
-from edgeloop.review_tasks import LIVE_STATUSES, advance_status, current_bugs
+from edgeloop.review_tasks import advance_status, current_bugs, live_bug_seeds
 from edgeloop.similarity import (
     EmbeddingStore,
     embed_frame,
@@ -417,14 +417,7 @@ def find_similar(
     pool = unlabeled_pool(preds, labeled)
     ids, vectors = _load(report, params, preds["image_id"].tolist())
     bugs = current_bugs(lake.read("edge_cases"))
-    if query_ids:
-        queries = [("query", "query", query_ids)]
-    else:
-        live = bugs[bugs["status"].isin(LIVE_STATUSES)]
-        queries = [
-            (r.bug_id, r.tag, [str(s) for s in r.seed_image_ids])
-            for r in live.sort_values("bug_id").itertuples()
-        ]
+    queries = [("query", "query", query_ids)] if query_ids else live_bug_seeds(bugs)
     if not queries or not ids:
         log.info("no open bugs and no knn.image_ids: no KNN query to run")
         return pd.DataFrame(columns=KNN_COLUMNS), {}
