@@ -30,6 +30,7 @@ import pandas as pd
 from edgeloop.review import CONFIDENCE_SCORES
 
 __all__ = [
+    "BUG_REASONS",
     "KNN_COLUMNS",
     "LABELING_QUEUE_COLUMNS",
     "STRATEGIES",
@@ -42,6 +43,9 @@ __all__ = [
 STRATEGIES = ("random", "entropy", "hitl")
 # The similarity context's KNN candidates of open bugs (hitl's bug share).
 KNN_COLUMNS = ["bug_id", "tag", "image_id", "distance", "nearest_seed", "rank"]
+# Queue reasons of hitl's bug share (a bug's own image, a KNN candidate): the
+# detail of such a pick starts with the bug id.
+BUG_REASONS = ("bug_seed", "bug_candidate")
 LABELING_QUEUE_COLUMNS = [
     "rank",
     "image_id",

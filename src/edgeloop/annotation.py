@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from edgeloop import lsrle
+from edgeloop.acquisition import BUG_REASONS
 from edgeloop.classmap import ClassMap
 from edgeloop.labelstudio import (
     ExportRejected,
@@ -170,9 +171,7 @@ def annotation_tasks(
         detail = detail if isinstance(detail, str) else ""
         reason = str(row.reason)
         # A bug's own image or KNN candidate: the detail starts with the bug id.
-        bug_ids = (
-            detail.split(" ", 1)[0] if reason in ("bug_candidate", "bug_seed") else ""
-        )
+        bug_ids = detail.split(" ", 1)[0] if reason in BUG_REASONS else ""
         tasks.append(
             {
                 "data": {
