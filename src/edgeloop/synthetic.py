@@ -35,6 +35,7 @@ __all__ = [
     "KINDS",
     "LIGHTINGS",
     "RARE_CONDITIONS",
+    "STREAM_RARE_RATE",
     "AircraftSpec",
     "Scene",
     "SceneSpec",
@@ -81,7 +82,7 @@ _DUSK_HOURS = frozenset({5, 6, 7, 17, 18, 19, 20})
 _GLARE_HOURS = frozenset({10, 11, 12, 13, 14})
 # Each rare condition should make up roughly this share of the stream; the
 # per-hour probabilities are derived from it and the traffic profile.
-_STREAM_RARE_RATE = 0.06
+STREAM_RARE_RATE = 0.06
 
 
 # --------------------------------------------------------------------------
@@ -799,7 +800,7 @@ def _stream_hour_rates(rate: float) -> tuple[float, float, float]:
 
 
 def _probs(
-    kind: str, hour: int | None, rare_rate: float = _STREAM_RARE_RATE
+    kind: str, hour: int | None, rare_rate: float = STREAM_RARE_RATE
 ) -> _ConditionProbs:
     """Condition probabilities for a set, and for the stream an hour."""
     if kind == "collected":
@@ -859,7 +860,7 @@ def sample_spec(
     kind: str,
     hour: int | None = None,
     force: str | None = None,
-    rare_rate: float = _STREAM_RARE_RATE,
+    rare_rate: float = STREAM_RARE_RATE,
 ) -> SceneSpec:
     """Samples a scene spec with the condition statistics of a set.
 
@@ -968,7 +969,7 @@ def generate_scenes(
     seed: int = 0,
     start: datetime | None = None,
     days: int = 3,
-    rare_rate: float = _STREAM_RARE_RATE,
+    rare_rate: float = STREAM_RARE_RATE,
 ) -> list[Scene]:
     """Generates one of the standard sets.
 
@@ -987,8 +988,8 @@ def generate_scenes(
             2026-01-05 00:00 UTC. Only used by the stream.
         days: Length of the stream's time window in days, at least 1.
         rare_rate: The stream's share of each rare condition (dusk, night,
-            glare, haze, cloud), in [0, 0.1]; 0.06 by default. Only used by
-            the stream (the eval set keeps 18-20% of each).
+            glare, haze, cloud), in [0, 0.1]; ``STREAM_RARE_RATE`` by default.
+            Only used by the stream (the eval set keeps 18-20% of each).
 
     Returns:
         Scenes named ``f"{kind}_{i:05d}"``; the stream is sorted by time.

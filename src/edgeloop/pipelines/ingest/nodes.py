@@ -29,7 +29,7 @@ class SyntheticConfig:
     n_eval: int = 300
     n_stream: int = 2000
     stream_days: int = 3
-    stream_rare_rate: float = 0.06
+    stream_rare_rate: float = synthetic.STREAM_RARE_RATE
     eval_split: str = "test"
 
     @classmethod
