@@ -19,7 +19,9 @@ strategy, mean ± std over the seeds of:
 - the masks, and the annotation cost (1 per mask + review cost), needed to
   reach 95% of the full-data mIoU;
 - the mIoU at each budget;
-- forgetting events (judged on the fixed eval set, independently of the gate).
+- forgetting events (judged on the fixed eval set, independently of the gate);
+- how many of its trained models the forgetting gate rejected ("5/15": the
+  curve stays flat at those iterations).
 
 Runs are resumable: re-running with the same --out continues where it stopped.
 The curves are saved as PNG in --out (learning_curves.png, slice_curves.png,
@@ -230,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = sorted({r["masks"] for r in records if r["strategy"] in strategies})
     col = "% labeled" if camvid else "% of pool"
     widths = [("strategy", 9), ("masks to 95%", 16), (col, 12)]
-    widths += [("cost to 95%", 16), ("forgetting", 11)]
+    widths += [("cost to 95%", 16), ("forgetting", 11), ("gate rejected", 14)]
     header = "".join(
         f"{name:<{w}}" if i == 0 else f"{name:>{w}}"
         for i, (name, w) in enumerate(widths)
@@ -258,12 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         frac = _pm([pct(h[0]) for h in got], "{:.1f}")
         cost = _pm([h[1] for h in got], "{:.1f}")
         n_forget = int((forgetting["strategy"] == strategy).sum())
+        # Models the forgetting gate kept out (the curve stays flat there).
+        trained = [r for r in rows if r["iteration"] > 0]
+        rejected = sum(r.get("gate_promoted") is False for r in trained)
+        gate = f"{rejected}/{len(trained)}"
         cells = "  ".join(f"{_pm(at[b]):>15}" for b in budgets)
         values = [masks, frac, cost] if got else ["not reached", "-", "-"]
         row = f"{strategy:<9}" + "".join(
             f"{v:>{w}}" for v, (_, w) in zip(values, widths[1:4], strict=True)
         )
-        print(f"{row}{n_forget:>11}  {cells}")
+        print(f"{row}{n_forget:>11}{gate:>14}  {cells}")
     if "hitl" in curves and "random" in curves:
         print()
         print("hitl - random at each budget (mean; spread = largest std of the two):")
