@@ -1,5 +1,7 @@
 """fit, the sweep around it, the predictor and the model registry."""
 
+from dataclasses import replace
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -88,6 +90,31 @@ def test_warm_start_loads_the_parent_weights():
     child_params = dict(child.model.named_parameters())
     for key, value in parent.model.named_parameters():
         assert torch.allclose(child_params[key], value, atol=1e-5), key
+
+
+def test_ema_returns_the_running_average_from_the_warm_start():
+    data = toy_input()
+    parent = fit(FAST, data)
+    warm = replace(FAST, init="warm", epochs=1)
+    plain = fit(warm, data, init_state=parent.model.state_dict())
+    # A decay this close to 1 keeps the average at its first term, the parent.
+    slow, again = (
+        fit(replace(warm, ema_decay=0.9999), data, init_state=parent.model.state_dict())
+        for _ in range(2)
+    )
+    assert weights_hash(slow.model.state_dict()) == weights_hash(
+        again.model.state_dict()
+    )
+    moved = slow_gap = 0.0
+    slow_params = dict(slow.model.named_parameters())
+    plain_params = dict(plain.model.named_parameters())
+    for key, value in parent.model.named_parameters():
+        moved = max(moved, float((plain_params[key] - value).abs().max().detach()))
+        slow_gap = max(slow_gap, float((slow_params[key] - value).abs().max().detach()))
+    assert moved > 1e-3  # the plain fit left the parent's weights
+    assert slow_gap < moved * 1e-3  # its average stayed there
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        replace(warm, ema_decay=1.0)
 
 
 def test_fit_needs_train_and_val():

@@ -95,6 +95,7 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     class_weights: torch.Tensor | None = None,
     dice_weight: float = 0.0,
+    ema: torch.optim.swa_utils.AveragedModel | None = None,
     progress: bool = False,
 ) -> float:
     """One pass over `loader`: forward, loss, backward, step for each batch.
@@ -111,6 +112,7 @@ def train_one_epoch(
             (per-iteration LR schedules). Per-epoch schedules belong to the caller.
         class_weights: (K,) loss weight per class, or None.
         dice_weight: Weight of the soft Dice term (`criterion`).
+        ema: A running average of `model`'s weights, updated after every step.
         progress: Show a tqdm bar.
 
     Returns:
@@ -134,6 +136,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if scheduler is not None:
             scheduler.step()
         total += loss.detach()

@@ -119,6 +119,7 @@ class FitConfig:
     input_norm: str = "dataset"
     seed: int = 0
     init: str = "warm"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -145,6 +146,10 @@ class FitConfig:
         if not 0.0 < self.lr_gamma <= 1.0:
             raise ValueError(
                 f"training.lr_gamma must be in (0, 1], got {self.lr_gamma}"
+            )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"training.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}"
             )
 
     @classmethod
@@ -287,6 +292,18 @@ def fit(
         drop_last=len(train) % batch_size == 1,
     )
     weights = class_weights(train.masks, len(data.class_names), config.class_weighting)
+    # With ema_decay > 0 the model that is validated, selected and returned is
+    # the running average of the weights (its first term the initial weights,
+    # so a warm start's average starts at the promoted model).
+    ema = None
+    if config.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
+            use_buffers=True,
+        )
+        ema.update_parameters(model)
+    scored = ema.module if ema is not None else model
     curves: list[dict[str, float]] = []
     best_score, best_epoch, best_state = float("-inf"), -1, None
     stopped_early = False
@@ -299,11 +316,12 @@ def fit(
             loader,
             class_weights=weights,
             dice_weight=config.dice_weight,
+            ema=ema,
             progress=progress,
         )
         if scheduler is not None:
             scheduler.step()  # exponential decay once per epoch
-        score = validation_score(model, val, config.metric)
+        score = validation_score(scored, val, config.metric)
         curves.append(
             {"epoch": epoch, "train_loss": loss, "val_score": score, "lr": lr}
         )
@@ -318,7 +336,7 @@ def fit(
         )
         if score > best_score:
             best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
         if trial is not None:
             trial.report(score, epoch)
             if trial.should_prune():
