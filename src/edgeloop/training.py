@@ -259,7 +259,8 @@ def fit(
         pretrained=config.init != "scratch",
         input_norm=config.input_norm,
     )
-    if config.init == "warm" and init_state is not None:
+    warm = config.init == "warm" and init_state is not None
+    if warm:
         model.load_state_dict(init_state)
         source = init_label
     n_params = count_parameters(model)
@@ -293,8 +294,8 @@ def fit(
     )
     weights = class_weights(train.masks, len(data.class_names), config.class_weighting)
     # With ema_decay > 0 the model that is validated, selected and returned is
-    # the running average of the weights (its first term the initial weights,
-    # so a warm start's average starts at the promoted model).
+    # the running average of the weights. A warm start's average begins at the
+    # promoted model; any other begins at the first step (not at random init).
     ema = None
     if config.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -302,7 +303,8 @@ def fit(
             multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay),
             use_buffers=True,
         )
-        ema.update_parameters(model)
+        if warm:
+            ema.update_parameters(model)
     scored = ema.module if ema is not None else model
     curves: list[dict[str, float]] = []
     best_score, best_epoch, best_state = float("-inf"), -1, None
