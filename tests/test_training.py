@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgeloop.lake import Lake
-from edgeloop.models import weights_hash
+from edgeloop.models import build_model, weights_hash
 from edgeloop.predictor import SCORE_NAMES, Predictor
 from edgeloop.registry import (
     ModelRecord,
@@ -20,7 +20,14 @@ from edgeloop.registry import (
     promoted_row,
     register_model,
 )
-from edgeloop.training import FitConfig, ModelInput, SweepConfig, fit, run_sweep
+from edgeloop.training import (
+    FitConfig,
+    ModelInput,
+    SweepConfig,
+    fit,
+    run_sweep,
+    seed_everything,
+)
 
 NAMES = ("background", "square")
 
@@ -115,6 +122,20 @@ def test_ema_returns_the_running_average_from_the_warm_start():
     assert slow_gap < moved * 1e-3  # its average stayed there
     with pytest.raises(ValueError, match="ema_decay must be in"):
         replace(warm, ema_decay=1.0)
+
+
+def test_ema_from_scratch_begins_after_the_first_step():
+    config = replace(FAST, epochs=1, ema_decay=0.9999)
+    seed_everything(config.seed)  # what fit does before building the model
+    init, _ = build_model(config.architecture, len(NAMES), pretrained=False)
+    result = fit(config, toy_input())
+    init_params = dict(init.named_parameters())
+    gap = max(
+        float((value - init_params[key]).abs().max().detach())
+        for key, value in result.model.named_parameters()
+    )
+    # The average is (almost) the first step's weights, not the random init.
+    assert gap > 1e-3
 
 
 def test_fit_needs_train_and_val():
