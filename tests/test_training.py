@@ -99,6 +99,15 @@ def test_warm_start_loads_the_parent_weights():
         assert torch.allclose(child_params[key], value, atol=1e-5), key
 
 
+def _param_gap(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """The largest absolute difference between two models' parameters."""
+    theirs = dict(b.named_parameters())
+    return max(
+        float((value - theirs[key]).abs().max().detach())
+        for key, value in a.named_parameters()
+    )
+
+
 def test_ema_returns_the_running_average_from_the_warm_start():
     data = toy_input()
     parent = fit(FAST, data)
@@ -112,12 +121,8 @@ def test_ema_returns_the_running_average_from_the_warm_start():
     assert weights_hash(slow.model.state_dict()) == weights_hash(
         again.model.state_dict()
     )
-    moved = slow_gap = 0.0
-    slow_params = dict(slow.model.named_parameters())
-    plain_params = dict(plain.model.named_parameters())
-    for key, value in parent.model.named_parameters():
-        moved = max(moved, float((plain_params[key] - value).abs().max().detach()))
-        slow_gap = max(slow_gap, float((slow_params[key] - value).abs().max().detach()))
+    moved = _param_gap(plain.model, parent.model)
+    slow_gap = _param_gap(slow.model, parent.model)
     assert moved > 1e-3  # the plain fit left the parent's weights
     assert slow_gap < moved * 1e-3  # its average stayed there
     with pytest.raises(ValueError, match="ema_decay must be in"):
@@ -129,13 +134,8 @@ def test_ema_from_scratch_begins_after_the_first_step():
     seed_everything(config.seed)  # what fit does before building the model
     init, _ = build_model(config.architecture, len(NAMES), pretrained=False)
     result = fit(config, toy_input())
-    init_params = dict(init.named_parameters())
-    gap = max(
-        float((value - init_params[key]).abs().max().detach())
-        for key, value in result.model.named_parameters()
-    )
     # The average is (almost) the first step's weights, not the random init.
-    assert gap > 1e-3
+    assert _param_gap(result.model, init) > 1e-3
 
 
 def test_fit_needs_train_and_val():
