@@ -25,9 +25,11 @@ from edgeloop.simulate import (
     AnnotatorConfig,
     LabeledFolder,
     SimulatedAnnotator,
+    SimulationPlan,
     copy_project,
     discover_after_review,
     forgetting_events,
+    simulate_run,
 )
 
 PREFIX = "/data/local-files/?d="
@@ -288,3 +290,48 @@ def test_the_same_seed_reproduces_the_cards_and_the_curves(two_runs):
         rel = f"cards/hitl/seed0/iter_{k}/model_card.json"
         assert _card(a / rel) == _card(b / rel), f"iteration {k} card differs"
     assert (a / "curves.csv").read_text() == (b / "curves.csv").read_text()
+
+
+def test_stop_before_names_the_stages_it_knows(tmp_path):
+    plan = SimulationPlan(project=tmp_path, out=tmp_path / "out", env="ci")
+    for bad in ("train", "0:fit", "x:train", "-1:train"):
+        with pytest.raises(ValueError, match="stop_before must be"):
+            simulate_run(plan, 0, stop_before=bad)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_stop_before_stops_a_run_there_and_a_later_call_resumes_it(two_runs, tmp_path):
+    import shutil
+
+    a, _, _ = two_runs
+    shutil.copytree(a / "runs" / "hitl-seed0", tmp_path / "runs" / "hitl-seed0")
+    plan = SimulationPlan(
+        project=a.parent / "project",
+        out=tmp_path,
+        strategy="hitl",
+        iterations=ITERATIONS + 1,
+        budget=BUDGET,
+        env="ci",
+        progress=False,
+    )
+    run = tmp_path / "runs" / "hitl-seed0"
+    last = f"{ITERATIONS}:"
+
+    def done() -> list[str]:
+        return json.loads((run / "state.json").read_text())["done"]
+
+    records = simulate_run(plan, 0, stop_before=last + "train")
+    assert len(records) == ITERATIONS + 1  # no new record: it stopped before training
+    assert done()[-4:] == [
+        last + s for s in ("discover-review", "review", "discover", "label")
+    ]
+    export = run / f"data/01_raw/annotation_exports/simulated-iter{ITERATIONS}.json"
+    assert len(json.loads(export.read_text())) == BUDGET
+    assert not (run / f"data/08_reporting/iter_{ITERATIONS + 1}").exists()
+    # Resumed (here with another training seed), it trains, then stops again.
+    plan.extra_params = {"training": {"seed": 7}}
+    simulate_run(plan, 0, stop_before=last + "score")
+    assert done()[-1] == last + "train"
+    card = run / f"data/08_reporting/iter_{ITERATIONS + 1}/model_card.json"
+    assert json.loads(card.read_text())["reproducibility"]["seed"] == 7

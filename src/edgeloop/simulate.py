@@ -764,10 +764,28 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
-    """Runs (or resumes) one (strategy, seed); returns its per-iteration records."""
+STAGES = ("discover-review", "review", "discover", "label", "train", "score")
+
+
+def simulate_run(
+    plan: SimulationPlan, seed: int, *, echo=print, stop_before: str | None = None
+) -> list[dict]:
+    """Runs (or resumes) one (strategy, seed); returns its per-iteration records.
+
+    `stop_before` ("<iteration>:<stage>", e.g. "0:train") stops the run just
+    before that stage, if it is not done yet: a later call resumes it there,
+    with its own plan (benchmarks/refit_noise.py retrains one labelled set
+    under several training seeds that way).
+    """
     from tqdm.auto import tqdm
 
+    if stop_before is not None:
+        k, _, stage = stop_before.partition(":")
+        if not k.isdigit() or stage not in STAGES:
+            raise ValueError(
+                f"stop_before must be '<iteration>:<stage>' with a stage of "
+                f"{STAGES}, got {stop_before!r}"
+            )
     params = _load_params(plan)
     sim = params.get("simulation") or {}
     cm = ClassMap.from_params(params["classes"])
@@ -800,21 +818,23 @@ def simulate_run(plan: SimulationPlan, seed: int, *, echo=print) -> list[dict]:
         run.state["records"].append(_record(plan, seed, 0, version, slices, run, pool))
         run.save()
     iterations = 1 if plan.strategy == REFERENCE else plan.iterations
-    stages = ["discover-review", "review", "discover", "label", "train", "score"]
     bar = tqdm(
-        total=iterations * len(stages),
+        total=iterations * len(STAGES),
         desc=f"{plan.strategy} seed {seed}",
         unit="stage",
         disable=not plan.progress,
     )
     for k in range(iterations):
         reports = run.dir / "data" / "07_model_output" / f"iter_{k}"
-        for stage in stages:
+        for stage in STAGES:
             key = f"{k}:{stage}"
             bar.set_postfix_str(f"iteration {k}: {stage}")
             if run.done(key):
                 bar.update()
                 continue
+            if key == stop_before:
+                bar.close()
+                return run.state["records"]
             t0 = time.perf_counter()
             if stage in ("discover-review", "discover"):
                 # Up to the review tasks; then again from the verdict import on,
