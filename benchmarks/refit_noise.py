@@ -18,7 +18,9 @@ It prints, per (strategy, seed), the candidates' eval mIoU per training seed
 - refit noise: the std across training seeds, pooled over the seeds;
 - the spread across seeds of the per-seed means (what the grid's verdict uses,
   here without the refit noise of a single training seed);
-- hitl - random per seed, with the training seeds averaged.
+- hitl - random per seed, with the training seeds averaged;
+- how well the val score (which picks each refit's best epoch and trial)
+  ranks the refits by eval mIoU: the correlation within seeds, pooled.
 
 Only the synthetic data (env bench by default). Resumable per (strategy, seed,
 training seed): re-run with the same --out. About 1 minute per trained model
@@ -54,7 +56,7 @@ EVAL_SET = Path("data/01_raw/synthetic/eval")
 
 def _candidate_scores(
     run_dir: Path, iteration: int, lake_root: str, evalset: EvalSet, cm: ClassMap
-) -> tuple[float, bool]:
+) -> tuple[float, bool, float]:
     """The eval mIoU of the model trained at `iteration`; whether it was promoted."""
     from edgeloop.lake import Lake
     from edgeloop.registry import load_model
@@ -69,12 +71,17 @@ def _candidate_scores(
     row = rows.iloc[0]
     model = load_model(lake, row)
     scores = score_model(model.predictor(batch_size=32), evalset, cm)
-    return scores["all"]["miou"], bool(row["promoted"])
+    val = float(json.loads(row["metadata_json"])["val_score"])
+    return scores["all"]["miou"], bool(row["promoted"]), val
 
 
 def _after_gate(rows: list[tuple[int, float, bool]], parent: float) -> list[float]:
     """The promoted model's mIoU per training seed: the candidate's, or the parent's."""
     return [m if promoted else parent for _, m, promoted in rows]
+
+
+def _centred(values: list[float]) -> np.ndarray:
+    return np.asarray(values) - np.mean(values)
 
 
 def _pm(values: list[float]) -> str:
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     evalset: EvalSet | None = None
     # results[strategy][seed] = [(train_seed, candidate mIoU, promoted)], parent mIoU
     results: dict[str, dict[int, list[tuple[int, float, bool]]]] = {}
+    # vals[strategy][seed]: each model's val score (what selected its epoch)
+    vals: dict[str, dict[int, list[float]]] = {}
     parents: dict[tuple[str, int], float] = {}
     for strategy in strategies:
         results[strategy] = {}
@@ -173,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not run_dir.is_dir():
                     shutil.copytree(source, run_dir)
                 simulate_run(plan(folder, strategy, seed, t), seed)
-                miou, promoted = _candidate_scores(
+                miou, promoted, val = _candidate_scores(
                     run_dir, iteration, lake_root, evalset, cm
                 )
                 rows.append((t, miou, promoted))
+                vals.setdefault(strategy, {}).setdefault(seed, []).append(val)
                 print(
                     f"{strategy} seed {seed} training seed {t}: eval mIoU "
                     f"{miou:.4f}{'' if promoted else ' (gate rejected)'}",
@@ -237,12 +247,24 @@ def main(argv: list[str] | None = None) -> int:
                 + " ".join(f"{d:+.3f}" for d in diffs)
                 + f"  (mean {np.mean(diffs):+.3f})"
             )
+    # Model selection (best epoch, best trial) reads the val split, which holds
+    # 20% of each strategy's own picks: how well does it rank the refits?
+    for strategy in strategies:
+        v = np.concatenate([_centred(vals[strategy][s]) for s in seeds])
+        e = np.concatenate(
+            [_centred([m for _, m, _ in results[strategy][s]]) for s in seeds]
+        )
+        print(
+            f"  {strategy:<8} val score against eval mIoU across training seeds "
+            f"(within seeds, pooled): r = {np.corrcoef(v, e)[0, 1]:+.2f}"
+        )
     summary = {
         "iteration": iteration,
         "masks": masks,
         "params": extra,
         "parents": {f"{s}-seed{k}": v for (s, k), v in parents.items()},
         "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()},
+        "val_scores": {s: {str(k): v for k, v in r.items()} for s, r in vals.items()},
     }
     (out / "refit_noise.json").write_text(json.dumps(summary, indent=1))
     return 0
