@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -302,8 +303,6 @@ def test_stop_before_names_the_stages_it_knows(tmp_path):
 
 @pytest.mark.slow
 def test_stop_before_stops_a_run_there_and_a_later_call_resumes_it(two_runs, tmp_path):
-    import shutil
-
     a, _, _ = two_runs
     shutil.copytree(a / "runs" / "hitl-seed0", tmp_path / "runs" / "hitl-seed0")
     plan = SimulationPlan(
