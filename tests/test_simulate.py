@@ -298,6 +298,8 @@ def test_stop_before_names_the_stages_it_knows(tmp_path):
     for bad in ("train", "0:fit", "x:train", "-1:train"):
         with pytest.raises(ValueError, match="stop_before must be"):
             simulate_run(plan, 0, stop_before=bad)
+    with pytest.raises(ValueError, match="past the run's 3 iteration"):
+        simulate_run(plan, 0, stop_before="3:train")  # iterations 0-2
     assert not (tmp_path / "out").exists()
 
 

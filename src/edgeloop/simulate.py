@@ -779,12 +779,19 @@ def simulate_run(
     """
     from tqdm.auto import tqdm
 
+    iterations = 1 if plan.strategy == REFERENCE else plan.iterations
     if stop_before is not None:
         k, _, stage = stop_before.partition(":")
         if not k.isdigit() or stage not in STAGES:
             raise ValueError(
                 f"stop_before must be '<iteration>:<stage>' with a stage of "
                 f"{STAGES}, got {stop_before!r}"
+            )
+        if int(k) >= iterations:
+            # It would never be reached: the run would go to the end instead.
+            raise ValueError(
+                f"stop_before {stop_before!r} is past the run's {iterations} "
+                f"iteration(s) (0-{iterations - 1})"
             )
     params = _load_params(plan)
     sim = params.get("simulation") or {}
@@ -817,7 +824,6 @@ def simulate_run(
         version, slices = _score_promoted(run.dir, evalset, cm, cache)
         run.state["records"].append(_record(plan, seed, 0, version, slices, run, pool))
         run.save()
-    iterations = 1 if plan.strategy == REFERENCE else plan.iterations
     bar = tqdm(
         total=iterations * len(STAGES),
         desc=f"{plan.strategy} seed {seed}",
