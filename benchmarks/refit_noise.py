@@ -38,6 +38,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,10 +56,24 @@ from edgeloop.simulate import (
 EVAL_SET = Path("data/01_raw/synthetic/eval")
 
 
-def _candidate_scores(
-    run_dir: Path, iteration: int, lake_root: str, evalset: EvalSet, cm: ClassMap
-) -> tuple[float, bool, float]:
-    """The eval mIoU of the model trained at `iteration`; whether it was promoted."""
+class Refit(NamedTuple):
+    """One retrain of the labelled set: its eval mIoU, gate verdict and val score."""
+
+    train_seed: int
+    miou: float
+    promoted: bool
+    val: float
+
+
+def _refit(
+    run_dir: Path,
+    train_seed: int,
+    iteration: int,
+    lake_root: str,
+    evalset: EvalSet,
+    cm: ClassMap,
+) -> Refit:
+    """The model trained at `iteration`, scored on the eval set."""
     from edgeloop.lake import Lake
     from edgeloop.registry import load_model
 
@@ -72,13 +87,17 @@ def _candidate_scores(
     row = rows.iloc[0]
     model = load_model(lake, row)
     scores = score_model(model.predictor(batch_size=32), evalset, cm)
-    val = float(json.loads(row["metadata_json"])["val_score"])
-    return scores["all"]["miou"], bool(row["promoted"]), val
+    return Refit(
+        train_seed,
+        scores["all"]["miou"],
+        bool(row["promoted"]),
+        float(json.loads(row["metadata_json"])["val_score"]),
+    )
 
 
-def _after_gate(rows: list[tuple[int, float, bool]], parent: float) -> list[float]:
+def _after_gate(rows: list[Refit], parent: float) -> list[float]:
     """The promoted model's mIoU per training seed: the candidate's, or the parent's."""
-    return [m if promoted else parent for _, m, promoted in rows]
+    return [r.miou if r.promoted else parent for r in rows]
 
 
 def _centred(values: list[float]) -> np.ndarray:
@@ -154,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     t0 = time.perf_counter()
-    # results[strategy][seed] = [(train_seed, candidate mIoU, promoted)], parent mIoU
-    results: dict[str, dict[int, list[tuple[int, float, bool]]]] = {}
-    # vals[strategy][seed]: each model's val score (what selected its epoch)
-    vals: dict[str, dict[int, list[float]]] = {}
+    results: dict[str, dict[int, list[Refit]]] = {}
     parents: dict[tuple[str, int], float] = {}
     for strategy in strategies:
         results[strategy] = {}
@@ -182,14 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                 if not run_dir.is_dir():
                     shutil.copytree(source, run_dir)
                 simulate_run(plan(folder, strategy, seed, t), seed)
-                miou, promoted, val = _candidate_scores(
-                    run_dir, iteration, lake_root, evalset, cm
-                )
-                rows.append((t, miou, promoted))
-                vals.setdefault(strategy, {}).setdefault(seed, []).append(val)
+                r = _refit(run_dir, t, iteration, lake_root, evalset, cm)
+                rows.append(r)
                 print(
                     f"{strategy} seed {seed} training seed {t}: eval mIoU "
-                    f"{miou:.4f}{'' if promoted else ' (gate rejected)'}",
+                    f"{r.miou:.4f}{'' if r.promoted else ' (gate rejected)'}",
                     flush=True,
                 )
             results[strategy][seed] = rows
@@ -208,12 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     for strategy in strategies:
         for seed in seeds:
             rows = results[strategy][seed]
-            cells = "".join(f"{f'{m:.3f}' + ('' if p else '*'):>8}" for _, m, p in rows)
-            passed = sum(p for _, _, p in rows)
+            cells = "".join(
+                f"{f'{r.miou:.3f}' + ('' if r.promoted else '*'):>8}" for r in rows
+            )
+            passed = sum(r.promoted for r in rows)
             gated = _after_gate(rows, parents[strategy, seed])
             print(
                 f"{strategy:<9}{seed:>5}{parents[strategy, seed]:>8.3f}{cells}"
-                f"{_pm([m for _, m, _ in rows]):>17}{f'{passed}/{len(rows)}':>13}"
+                f"{_pm([r.miou for r in rows]):>17}{f'{passed}/{len(rows)}':>13}"
                 f"{_pm(gated):>17}"
             )
     print(
@@ -226,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     for view in ("candidates", "after the gate"):
         for strategy in strategies:
             by_seed = {
-                s: [m for _, m, _ in r]
+                s: [r.miou for r in rows]
                 if view == "candidates"
-                else _after_gate(r, parents[strategy, s])
-                for s, r in results[strategy].items()
+                else _after_gate(rows, parents[strategy, s])
+                for s, rows in results[strategy].items()
             }
             within = [np.var(v, ddof=1) for v in by_seed.values()]
             means[strategy, view] = {s: float(np.mean(v)) for s, v in by_seed.items()}
@@ -250,10 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     # Model selection (best epoch, best trial) reads the val split, which holds
     # 20% of each strategy's own picks: how well does it rank the refits?
     for strategy in strategies:
-        v = np.concatenate([_centred(vals[strategy][s]) for s in seeds])
-        e = np.concatenate(
-            [_centred([m for _, m, _ in results[strategy][s]]) for s in seeds]
-        )
+        by_seed = results[strategy].values()
+        v = np.concatenate([_centred([r.val for r in rows]) for rows in by_seed])
+        e = np.concatenate([_centred([r.miou for r in rows]) for rows in by_seed])
         print(
             f"  {strategy:<8} val score against eval mIoU across training seeds "
             f"(within seeds, pooled): r = {np.corrcoef(v, e)[0, 1]:+.2f}"
@@ -263,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         "masks": masks,
         "params": extra,
         "parents": {f"{s}-seed{k}": v for (s, k), v in parents.items()},
-        "results": {s: {str(k): v for k, v in r.items()} for s, r in results.items()},
-        "val_scores": {s: {str(k): v for k, v in r.items()} for s, r in vals.items()},
+        "results": {
+            s: {str(k): [r._asdict() for r in rows] for k, rows in by_seed.items()}
+            for s, by_seed in results.items()
+        },
     }
     (out / "refit_noise.json").write_text(json.dumps(summary, indent=1))
     return 0
