@@ -202,8 +202,8 @@ def test_refit_decay_keeps_or_stretches_the_trial_gamma(monkeypatch, decay, gamm
 
     seen = {}
 
-    def fake_fit(config, data, **kwargs):
-        seen["config"] = config
+    def fake_fit_soup(config, data, *, ingredients, **kwargs):
+        seen["config"], seen["ingredients"] = config, ingredients
         return FitResult(
             model=torch.nn.Conv2d(3, 2, 1),
             config=config,
@@ -216,9 +216,10 @@ def test_refit_decay_keeps_or_stretches_the_trial_gamma(monkeypatch, decay, gamm
             n_params=8,
             weights_source="random",
             seconds=0.0,
+            extra={"soup": {"ingredients": ingredients}} if ingredients > 1 else {},
         )
 
-    monkeypatch.setattr(nodes, "fit", fake_fit)
+    monkeypatch.setattr(nodes, "fit_soup", fake_fit_soup)
     data = ModelInput(
         np.zeros((2, 8, 8, 3), np.uint8),
         np.zeros((2, 8, 8), np.uint8),
@@ -238,6 +239,13 @@ def test_refit_decay_keeps_or_stretches_the_trial_gamma(monkeypatch, decay, gamm
     assert seen["config"].epochs == 45
     assert seen["config"].lr_gamma == pytest.approx(gamma)
     assert model.metadata["hyperparameters"]["lr_gamma"] == pytest.approx(gamma)
+    assert seen["ingredients"] == 1 and "soup" not in model.metadata
+    # training.refit_soup reaches fit_soup, and its record the model metadata.
+    souped = nodes.refit_best_trial(
+        data, promoted, study, {**training, "refit_soup": 3}, 0
+    )
+    assert seen["ingredients"] == 3
+    assert souped.metadata["soup"] == {"ingredients": 3}
 
 
 def test_the_card_says_which_slices_the_last_rejection_boosted():

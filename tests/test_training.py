@@ -24,9 +24,12 @@ from edgeloop.training import (
     FitConfig,
     ModelInput,
     SweepConfig,
+    average_states,
     fit,
+    fit_soup,
     run_sweep,
     seed_everything,
+    soup_seeds,
 )
 
 NAMES = ("background", "square")
@@ -136,6 +139,100 @@ def test_ema_from_scratch_begins_after_the_first_step():
     result = fit(config, toy_input())
     # The average is (almost) the first step's weights, not the random init.
     assert _param_gap(result.model, init) > 1e-3
+
+
+def test_average_states_averages_floats_and_keeps_counters():
+    a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 7.0]), "n": torch.tensor(9)}
+    soup = average_states([a, b])
+    assert torch.equal(soup["w"], torch.tensor([2.0, 5.0]))
+    assert int(soup["n"]) == 5  # an integer counter is the first state's
+    with pytest.raises(ValueError, match="differ at 'w'"):
+        average_states([a, {"w": torch.zeros(3), "n": torch.tensor(1)}])
+    with pytest.raises(ValueError, match="differ in their keys"):
+        average_states([a, {"w": torch.zeros(2)}])
+    with pytest.raises(ValueError, match="at least one"):
+        average_states([])
+
+
+def test_soup_seeds_start_at_the_seed_and_do_not_overlap_nearby_ones():
+    assert soup_seeds(7, 1) == [7]
+    assert soup_seeds(0, 3)[0] == 0 and len(set(soup_seeds(0, 3))) == 3
+    assert soup_seeds(0, 3) == soup_seeds(0, 3)
+    assert not set(soup_seeds(0, 3)) & set(soup_seeds(1, 3))
+
+
+def test_fit_soup_averages_refits_from_the_warm_start():
+    data = toy_input()
+    parent = fit(FAST, data).model.state_dict()
+    warm = replace(FAST, init="warm", epochs=2)
+    one = fit_soup(warm, data, ingredients=1, init_state=parent)
+    plain = fit(warm, data, init_state=parent)
+    # One ingredient is the plain fit.
+    assert weights_hash(one.model.state_dict()) == weights_hash(
+        plain.model.state_dict()
+    )
+    assert one.extra == {}
+    soup, again = (
+        fit_soup(warm, data, ingredients=3, init_state=parent) for _ in range(2)
+    )
+    assert weights_hash(soup.model.state_dict()) == weights_hash(
+        again.model.state_dict()
+    )
+    info = soup.extra["soup"]
+    assert info["seeds"] == soup_seeds(0, 3) and len(info["val_scores"]) == 3
+    assert info["val_scores"][0] == pytest.approx(plain.best_score)
+    assert info["returned"] == "soup"
+    # The parameters are the mean of the three seeds' refits.
+    members = [
+        dict(
+            fit(replace(warm, seed=s), data, init_state=parent).model.named_parameters()
+        )
+        for s in info["seeds"]
+    ]
+    for key, value in soup.model.named_parameters():
+        mean = torch.stack([m[key] for m in members]).mean(dim=0)
+        assert torch.allclose(value, mean, atol=1e-6), key
+    assert soup.best_score == info["soup_val_score"]
+    with pytest.raises(ValueError, match="refit_soup must be >= 1"):
+        fit_soup(warm, data, ingredients=0, init_state=parent)
+
+
+def test_a_soup_worse_than_every_ingredient_falls_back_to_the_best(monkeypatch):
+    import edgeloop.training as training
+
+    data = toy_input()
+    parent = fit(FAST, data).model.state_dict()
+    warm = replace(FAST, init="warm", epochs=2)
+    seed = soup_seeds(0, 3)[2]
+    third = fit(replace(warm, seed=seed), data, init_state=parent).model.state_dict()
+    real = training.validation_score
+    calls = []
+
+    def scores(model, val, metric, **kw):
+        # 3 ingredients x 2 epochs score for real (the third the best);
+        # the soup, scored last, is made worse than all of them.
+        calls.append(1)
+        if len(calls) > 6:
+            return -1.0
+        return real(model, val, metric, **kw) + (0.1 if len(calls) > 4 else 0.0)
+
+    monkeypatch.setattr(training, "validation_score", scores)
+    result = fit_soup(warm, data, ingredients=3, init_state=parent)
+    info = result.extra["soup"]
+    assert info["soup_val_score"] == -1.0
+    assert info["returned"] == "ingredient 2"
+    assert result.best_score == info["val_scores"][2] == max(info["val_scores"])
+    assert weights_hash(result.model.state_dict()) == weights_hash(third)
+
+
+def test_fit_soup_without_a_warm_start_trains_one_model():
+    data = toy_input()
+    soup = fit_soup(FAST, data, ingredients=3)  # init scratch: nothing shared
+    assert weights_hash(soup.model.state_dict()) == weights_hash(
+        fit(FAST, data).model.state_dict()
+    )
+    assert soup.extra == {}
 
 
 def test_fit_needs_train_and_val():

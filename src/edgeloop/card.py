@@ -127,6 +127,14 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "weights_hash",
     ):
         lines.append(f"| {key} | {m.get(key)} |")
+    if m.get("soup"):
+        soup = m["soup"]
+        lines.append(
+            f"| refit soup | {soup['ingredients']} refits, val "
+            + " ".join(f"{v:.4f}" for v in soup["val_scores"])
+            + f"; their average {soup['soup_val_score']:.4f}; kept: "
+            + f"{soup['returned']} |"
+        )
     lines += ["", "## Intended use", "", card["intended_use"], ""]
     lines += ["## Limitations", "", card["limitations"], ""]
     td = card["training_data"]

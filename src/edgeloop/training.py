@@ -362,6 +362,139 @@ def fit(
     )
 
 
+def average_states(
+    states: list[Mapping[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """The uniform average of state dicts of one architecture (a model soup).
+
+    Floating-point tensors (weights, batch-norm statistics) are averaged;
+    integer ones (batch-norm step counters) are taken from the first state.
+
+    Raises:
+        ValueError: no state, or states with different keys or shapes.
+    """
+    if not states:
+        raise ValueError("average_states needs at least one state dict")
+    keys = list(states[0])
+    if any(set(state) != set(keys) for state in states):
+        raise ValueError(
+            "state dicts differ in their keys: a soup needs one architecture"
+        )
+    averaged: dict[str, torch.Tensor] = {}
+    for name in keys:
+        tensors = [state[name] for state in states]
+        if any(t.shape != tensors[0].shape for t in tensors):
+            raise ValueError(
+                f"state dicts differ at {name!r}: a soup needs one architecture"
+            )
+        if tensors[0].is_floating_point():
+            averaged[name] = torch.stack([t.detach() for t in tensors]).mean(dim=0)
+        else:
+            averaged[name] = tensors[0].detach().clone()
+    return averaged
+
+
+def soup_seeds(seed: int, ingredients: int) -> list[int]:
+    """The seeds of a soup's ingredients: `seed` itself, then derived ones.
+
+    Derived from (seed, i) rather than seed + i, so two soups with nearby
+    seeds (training seeds 0 and 1) share no ingredient.
+    """
+    derived = (
+        int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        for i in range(1, ingredients)
+    )
+    return [seed, *derived]
+
+
+def fit_soup(
+    config: FitConfig,
+    data: ModelInput,
+    *,
+    ingredients: int,
+    init_state: Mapping[str, torch.Tensor] | None = None,
+    init_label: str = "warm",
+    progress: bool = False,
+) -> FitResult:
+    """`fit` `ingredients` times from one warm start and average the weights.
+
+    The ingredients are `fit` with the seeds of `soup_seeds` (batch order
+    and augmentation); the first is `config.seed`, so ingredient 0 is the
+    plain `fit` and `ingredients=1` is exactly `fit`. Refits of a small
+    labelled set move a lot with the seed alone; the uniform average of
+    refits that share their starting point (a model soup) moves less.
+    Averaging needs that shared point: without a warm start (`config.init`
+    not ``warm``, or no `init_state`) it trains one model and logs why. If
+    the soup scores below its worst ingredient on val (the refits left the
+    shared basin), the best ingredient is returned.
+
+    The result's `extra["soup"]` records the ingredients' seeds and val
+    scores, the soup's val score and what was returned.
+
+    Raises:
+        ValueError: `ingredients` < 1, or what `fit` raises.
+    """
+    if ingredients < 1:
+        raise ValueError(f"training.refit_soup must be >= 1, got {ingredients}")
+    warm = config.init == "warm" and init_state is not None
+    if ingredients == 1 or not warm:
+        if ingredients > 1:
+            log.info(
+                "refit_soup %d: no warm start to share (init %s), training one model",
+                ingredients,
+                config.init,
+            )
+        return fit(
+            config,
+            data,
+            init_state=init_state,
+            init_label=init_label,
+            progress=progress,
+        )
+    start = time.perf_counter()
+    seeds = soup_seeds(config.seed, ingredients)
+    results = [
+        fit(
+            replace(config, seed=seed),
+            data,
+            init_state=init_state,
+            init_label=init_label,
+            progress=progress,
+        )
+        for seed in seeds
+    ]
+    scores = [r.best_score for r in results]
+    soup = copy.deepcopy(results[0].model)
+    soup.load_state_dict(average_states([r.model.state_dict() for r in results]))
+    soup_score = validation_score(soup, data.split("val"), config.metric)
+    best = int(np.argmax(scores))
+    chosen = "soup" if soup_score >= min(scores) else f"ingredient {best}"
+    log.info(
+        "refit_soup %d: ingredients' val %s %s, soup %.4f -> %s",
+        ingredients,
+        config.metric,
+        " ".join(f"{s:.4f}" for s in scores),
+        soup_score,
+        chosen,
+    )
+    first = results[0] if chosen == "soup" else results[best]
+    return replace(
+        first,
+        model=soup.eval() if chosen == "soup" else first.model,
+        best_score=soup_score if chosen == "soup" else first.best_score,
+        seconds=time.perf_counter() - start,
+        extra={
+            "soup": {
+                "ingredients": ingredients,
+                "seeds": seeds,
+                "val_scores": scores,
+                "soup_val_score": soup_score,
+                "returned": chosen,
+            }
+        },
+    )
+
+
 # -- the sweep ----------------------------------------------------------------
 
 

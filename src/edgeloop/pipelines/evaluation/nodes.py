@@ -386,6 +386,8 @@ def write_model_card(
             "class_names": list(names),
             "hyperparameters": meta["hyperparameters"],
             "curves": meta["curves"],
+            # Only with training.refit_soup > 1: the refits it averaged.
+            **({"soup": meta["soup"]} if "soup" in meta else {}),
         },
         "intended_use": (
             f"Semantic segmentation of {', '.join(names)} in images like the "

@@ -23,7 +23,7 @@ from edgeloop.training import (
     FitConfig,
     ModelInput,
     SweepConfig,
-    fit,
+    fit_soup,
     run_sweep,
     study_summary,
 )
@@ -138,9 +138,13 @@ def refit_best_trial(
     says what its exponential LR decay does over the longer schedule:
     ``stretch`` (default) slows it so the LR ends where the trial's did;
     ``keep`` keeps the trial's per-epoch gamma, so the LR ends lower.
+    `training.refit_soup` (default 1) > 1 refits that many times from the
+    warm start (the first with `training.seed`, the others with seeds derived
+    from it) and keeps the average of their weights
+    (`edgeloop.training.fit_soup`).
 
     Raises:
-        ValueError: an unknown `training.refit_decay`.
+        ValueError: an unknown `training.refit_decay`, a `refit_soup` < 1.
     """
     trial_epochs = int(training.get("epochs", 20))
     epochs = int(training.get("refit_epochs") or trial_epochs)
@@ -157,9 +161,10 @@ def refit_best_trial(
             config, lr_gamma=config.lr_gamma ** (trial_epochs / epochs)
         )
     start = time.perf_counter()
-    result = fit(
+    result = fit_soup(
         config,
         model_input,
+        ingredients=int(training.get("refit_soup", 1)),
         init_state=_init_states(promoted, training).get(config.architecture),
         init_label=f"warm:{promoted.version}",
         progress=False,
@@ -183,6 +188,7 @@ def refit_best_trial(
         "val_score": result.best_score,
         "curves": result.curves,
         "weights_source": result.weights_source,
+        **result.extra,
         "parent_version": promoted.version if warm else None,
         "iteration": int(iteration),
         "volatile": {
