@@ -15,6 +15,8 @@ from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from edgeloop.card import render_markdown
+
 TRUTH_DIR = "data/01_raw/truth"
 
 
@@ -236,6 +238,20 @@ def test_ci_iteration_trains_gates_and_writes_the_card(project, monkeypatch):
     md = Path("data/08_reporting/iter_0/model_card.md").read_text()
     assert "PROMOTED" in md and "## Reproducibility" in md
     assert f"IoU {objects['object_iou']:.3f} (finding the objects)" in md
+    # training.refit_soup > 1 records the soup in the card: one row in the card.
+    assert "refit soup" not in md
+    soup = {
+        "ingredients": 3,
+        "seeds": [0, 11, 12],
+        "val_scores": [0.31, 0.3, 0.29],
+        "soup_val_score": 0.32,
+        "returned": "soup",
+    }
+    souped = render_markdown({**card, "model": {**card["model"], "soup": soup}})
+    assert (
+        "| refit soup | 3 refits, val 0.3100 0.3000 0.2900; "
+        "their average 0.3200; kept: soup |"
+    ) in souped.splitlines()
     for plot in (
         "slice_scores",
         "confusion_matrix",

@@ -194,8 +194,9 @@ def test_fit_soup_averages_refits_from_the_warm_start():
         mean = torch.stack([m[key] for m in members]).mean(dim=0)
         assert torch.allclose(value, mean, atol=1e-6), key
     assert soup.best_score == info["soup_val_score"]
-    with pytest.raises(ValueError, match="refit_soup must be >= 1"):
-        fit_soup(warm, data, ingredients=0, init_state=parent)
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="refit_soup must be an integer >= 1"):
+            fit_soup(warm, data, ingredients=bad, init_state=parent)
 
 
 def test_a_soup_worse_than_every_ingredient_falls_back_to_the_best(monkeypatch):

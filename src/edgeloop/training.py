@@ -432,10 +432,16 @@ def fit_soup(
     scores, the soup's val score and what was returned.
 
     Raises:
-        ValueError: `ingredients` < 1, or what `fit` raises.
+        ValueError: `ingredients` not an integer >= 1, or what `fit` raises.
     """
-    if ingredients < 1:
-        raise ValueError(f"training.refit_soup must be >= 1, got {ingredients}")
+    if (
+        isinstance(ingredients, bool)
+        or not isinstance(ingredients, int | np.integer)
+        or ingredients < 1
+    ):
+        raise ValueError(
+            f"training.refit_soup must be an integer >= 1, got {ingredients!r}"
+        )
     warm = config.init == "warm" and init_state is not None
     if ingredients == 1 or not warm:
         if ingredients > 1:
@@ -467,21 +473,24 @@ def fit_soup(
     soup = copy.deepcopy(results[0].model)
     soup.load_state_dict(average_states([r.model.state_dict() for r in results]))
     soup_score = validation_score(soup, data.split("val"), config.metric)
-    best = int(np.argmax(scores))
-    chosen = "soup" if soup_score >= min(scores) else f"ingredient {best}"
+    if soup_score >= min(scores):
+        kept, base, model, score = "soup", results[0], soup.eval(), soup_score
+    else:
+        best = int(np.argmax(scores))
+        kept, base = f"ingredient {best}", results[best]
+        model, score = base.model, base.best_score
     log.info(
         "refit_soup %d: ingredients' val %s %s, soup %.4f -> %s",
         ingredients,
         config.metric,
         " ".join(f"{s:.4f}" for s in scores),
         soup_score,
-        chosen,
+        kept,
     )
-    first = results[0] if chosen == "soup" else results[best]
     return replace(
-        first,
-        model=soup.eval() if chosen == "soup" else first.model,
-        best_score=soup_score if chosen == "soup" else first.best_score,
+        base,
+        model=model,
+        best_score=score,
         seconds=time.perf_counter() - start,
         extra={
             "soup": {
@@ -489,7 +498,7 @@ def fit_soup(
                 "seeds": seeds,
                 "val_scores": scores,
                 "soup_val_score": soup_score,
-                "returned": chosen,
+                "returned": kept,
             }
         },
     )

@@ -164,7 +164,7 @@ def refit_best_trial(
     result = fit_soup(
         config,
         model_input,
-        ingredients=int(training.get("refit_soup", 1)),
+        ingredients=training.get("refit_soup", 1),
         init_state=_init_states(promoted, training).get(config.architecture),
         init_label=f"warm:{promoted.version}",
         progress=False,
