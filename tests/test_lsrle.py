@@ -253,7 +253,7 @@ def test_word_size_other_than_8():
 
 @pytest.mark.parametrize("height,width", [(0, 3), (3, -1), (2.0, 3), (True, 3)])
 def test_bad_dimensions(height, width):
-    with pytest.raises(RleError, match="positive integer"):
+    with pytest.raises(RleError, match=r"(height|width) must be an integer >= 1"):
         decode(encode(np.ones((3, 3))), height, width)
 
 

@@ -383,13 +383,13 @@ def test_config_defaults_and_overrides():
     [
         ({"window": "soon"}, r"review\.window"),
         ({"window": "1MS"}, r"review\.window"),  # not fixed-length
-        ({"per_window": -1}, r"review\.per_window must be >= 0"),
-        ({"every_nth": 2.5}, r"review\.every_nth must be an integer"),
+        ({"per_window": -1}, r"review\.per_window must be an integer >= 0, got -1"),
+        ({"every_nth": 2.5}, r"review\.every_nth must be an integer >= 0, got 2\.5"),
         ({"confidence_score": "accuracy"}, r"review\.confidence_score"),
         ({"confidence_top_k": True}, r"review\.confidence_top_k"),
         ({"confidence_threshold": "low"}, r"review\.confidence_threshold"),
-        ({"cluster_cap": 0}, r"review\.cluster_cap must be >= 1"),
-        ({"seed": "x"}, r"review\.seed"),
+        ({"cluster_cap": 0}, r"review\.cluster_cap must be an integer >= 1, got 0"),
+        ({"seed": "x"}, r"review\.seed must be an integer, got 'x'"),
         ({"priorities": {"gut_feeling": 0}}, r"review\.priorities.*gut_feeling"),
         ({"priorities": {"feedback": "high"}}, r"review\.priorities\.feedback"),
         ({"windw": "1h"}, r"unknown parameter.*windw"),

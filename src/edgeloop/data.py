@@ -25,6 +25,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from edgeloop.checks import check_int
 from edgeloop.models import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,6 @@ class AugmentConfig:
     def jitter(self) -> float:
         """Half-width of the brightness / contrast / saturation factor range."""
         return 0.4 * self.strength
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -252,10 +249,8 @@ class SegmentationSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             raise ValueError(f"mean and std need 3 values, got {mean!r}, {std!r}")
         if not all(math.isfinite(v) and v > 0 for v in std):
             raise ValueError(f"std must be positive, got {std!r}")
-        if not _is_int(seed) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = check_int(seed, "seed", minimum=0)
         self.augment = augment
-        self.seed = int(seed)
         self.epoch = 0
         # (N, 3, H, W) uint8, one contiguous copy
         self._images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
@@ -269,9 +264,7 @@ class SegmentationSet(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch whose augmentation `__getitem__` draws."""
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = check_int(epoch, "epoch", minimum=0)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         # Same ops as the Predictor, so training and inference match bit for bit.

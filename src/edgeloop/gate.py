@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgeloop.checks import check_int
 from edgeloop.metrics import (
     OVERALL_SLICE,
     _check_per_image,
@@ -60,20 +61,13 @@ def _check_config(values: Mapping[str, Any], section: str) -> None:
     def bad(key: str, rule: str) -> ValueError:
         return ValueError(f"{section}.{key} must be {rule}, got {values[key]!r}")
 
-    def is_int(x: Any) -> bool:
-        return isinstance(x, int | np.integer) and not isinstance(x, bool)
-
     def is_real(x: Any) -> bool:
         return isinstance(x, int | float | np.number) and not isinstance(x, bool)
 
     if not is_real(values["tolerance"]) or not 0 <= values["tolerance"] < math.inf:
         raise bad("tolerance", "a finite number >= 0")
-    if not is_int(values["min_images"]) or values["min_images"] < 1:
-        raise bad("min_images", "an int >= 1")
-    if not is_int(values["n_resamples"]) or values["n_resamples"] < 1:
-        raise bad("n_resamples", "an int >= 1")
-    if not is_int(values["seed"]) or values["seed"] < 0:
-        raise bad("seed", "an int >= 0")
+    for key, minimum in (("min_images", 1), ("n_resamples", 1), ("seed", 0)):
+        check_int(values[key], f"{section}.{key}", minimum=minimum)
     if not is_real(values["ci"]) or not 0 < values["ci"] < 1:
         raise bad("ci", "a number in (0, 1)")
     if not isinstance(values["overall_slice"], str) or not values["overall_slice"]:

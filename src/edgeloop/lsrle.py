@@ -18,10 +18,11 @@ the mask is the alpha channel, the one label-studio-sdk exports (``[..., 3]``).
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
 import numpy as np
+
+from edgeloop.checks import check_int
 
 __all__ = ["RleError", "decode", "declared_pixels", "encode"]
 
@@ -104,18 +105,6 @@ def encode(mask: np.ndarray) -> list[int]:
     return np.packbits(np.concatenate((_header(num), body, pad))).tolist()
 
 
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool | np.bool_):
-        raise RleError(f"{name} must be a positive integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise RleError(f"{name} must be a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise RleError(f"{name} must be a positive integer, got {number}")
-    return number
-
-
 def _as_bytes(rle: Sequence[int]) -> np.ndarray:
     """The stream as a 1-D uint8 array, checking every value is an int 0..255."""
     if isinstance(rle, bytes | bytearray):
@@ -169,9 +158,9 @@ def decode(
     one that does not describe a ``height`` x ``width`` image; a header declaring
     more than ``max_pixels`` pixels is rejected before anything is allocated.
     """
-    h = _positive_int(height, "height")
-    w = _positive_int(width, "width")
-    max_pixels = _positive_int(max_pixels, "max_pixels")
+    h = check_int(height, "height", minimum=1, error=RleError)
+    w = check_int(width, "width", minimum=1, error=RleError)
+    max_pixels = check_int(max_pixels, "max_pixels", minimum=1, error=RleError)
     data = _as_bytes(rle)
     if data.size < 7:
         raise RleError(

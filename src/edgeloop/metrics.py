@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgeloop.checks import check_int
+
 IGNORE_INDEX = 255
 OVERALL_SLICE = "all"
 METRICS = ("miou", "mdice", "pixel_accuracy", "iou:<class>[,<class>...]")
@@ -45,10 +47,7 @@ def _nan_to_singleton(x: float) -> float:
 
 
 def _check_num_classes(num_classes: int, ignore_index: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
-        raise ValueError(f"num_classes must be an int, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
     if 0 <= ignore_index < num_classes:
         # An ignore index that is also a class id would silently drop a class.
         raise ValueError(

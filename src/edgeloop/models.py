@@ -36,6 +36,8 @@ from torchvision.models.segmentation import (
     lraspp_mobilenet_v3_large,
 )
 
+from edgeloop.checks import check_int
+
 log = logging.getLogger(__name__)
 
 ARCHITECTURES = (
@@ -318,10 +320,7 @@ def build_model(
             not exist or does not fit the model.
     """
     _check_arch(arch)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise ValueError(f"num_classes must be an int, got {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
 
     if weights_path is not None:
         path = os.fspath(weights_path)

@@ -33,6 +33,7 @@ import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
 
+from edgeloop.checks import check_int
 from edgeloop.novelty import join_novelty
 from edgeloop.prodlog import SCORE_ORDER
 
@@ -117,7 +118,7 @@ class ReviewConfig:
             threshold = float(threshold)
         cap = params.get("cluster_cap", d.cluster_cap)
         if cap is not None:
-            cap = _check_int(cap, name="review.cluster_cap", minimum=1)
+            cap = check_int(cap, name="review.cluster_cap", minimum=1)
         skip = params.get("skip_reviewed", d.skip_reviewed)
         if not isinstance(skip, bool):
             raise ValueError(
@@ -125,22 +126,23 @@ class ReviewConfig:
             )
         return cls(
             window=window,
-            per_window=_check_int(
-                params.get("per_window", d.per_window), name="review.per_window"
+            per_window=check_int(
+                params.get("per_window", d.per_window),
+                name="review.per_window",
+                minimum=0,
             ),
-            every_nth=_check_int(
-                params.get("every_nth", d.every_nth), name="review.every_nth"
+            every_nth=check_int(
+                params.get("every_nth", d.every_nth), name="review.every_nth", minimum=0
             ),
             confidence_score=score,
-            confidence_top_k=_check_int(
+            confidence_top_k=check_int(
                 params.get("confidence_top_k", d.confidence_top_k),
                 name="review.confidence_top_k",
+                minimum=0,
             ),
             confidence_threshold=threshold,
             cluster_cap=cap,
-            seed=_check_int(
-                params.get("seed", d.seed), name="review.seed", minimum=None
-            ),
+            seed=check_int(params.get("seed", d.seed), name="review.seed"),
             skip_reviewed=skip,
             priorities=_check_priorities(params.get("priorities") or {}),
         )
@@ -148,14 +150,6 @@ class ReviewConfig:
     def priority(self, reason: str) -> int:
         """The priority of a reason (lower is reviewed first)."""
         return dict(self.priorities)[reason]
-
-
-def _check_int(value: Any, *, name: str, minimum: int | None = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def _check_window(window: Any, *, name: str) -> pd.Timedelta:
@@ -182,9 +176,7 @@ def _check_priorities(given: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
         )
     merged = dict(DEFAULT_PRIORITIES)
     for reason, value in given.items():
-        merged[reason] = _check_int(
-            value, name=f"review.priorities.{reason}", minimum=None
-        )
+        merged[reason] = check_int(value, name=f"review.priorities.{reason}")
     return tuple(merged.items())
 
 
@@ -255,7 +247,7 @@ def sample_random_per_window(
         One row per pick: request_id, image_id, ts, reason, detail.
     """
     _check_window(window, name="window")
-    k = _check_int(k, name="k")
+    k = check_int(k, name="k", minimum=0)
     preds = _prepare(preds, ["request_id", "image_id", "ts"], name="preds")
     if k == 0 or preds.empty:
         return _empty_items()
@@ -285,7 +277,7 @@ def sample_every_nth(preds: pd.DataFrame, n: int = 50) -> pd.DataFrame:
     traffic: a busy hour gets picks in proportion to its requests. n = 0
     disables it.
     """
-    n = _check_int(n, name="n")
+    n = check_int(n, name="n", minimum=0)
     preds = _prepare(preds, ["request_id", "image_id", "ts"], name="preds")
     if n == 0 or len(preds) < n:
         return _empty_items()
@@ -325,9 +317,9 @@ def sample_low_confidence(
         raise ValueError(
             f"score must be one of {sorted(CONFIDENCE_SCORES)}, got {score!r}"
         )
-    top_k = _check_int(top_k, name="top_k")
+    top_k = check_int(top_k, name="top_k", minimum=0)
     if cluster_cap is not None:
-        cluster_cap = _check_int(cluster_cap, name="cluster_cap", minimum=1)
+        cluster_cap = check_int(cluster_cap, name="cluster_cap", minimum=1)
     preds = _prepare(preds, ["request_id", "image_id", "ts", score], name="preds")
     preds = preds[preds[score].notna()]
     if preds.empty or (top_k == 0 and threshold is None):

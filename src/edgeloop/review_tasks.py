@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgeloop.checks import check_int
 from edgeloop.labelstudio import (
     MAX_TASKS,
     ExportRejected,
@@ -497,8 +498,7 @@ def update_edge_cases(
         raise ValueError(
             f"verdicts lacks column(s) {missing}; it has {list(verdicts.columns)}"
         )
-    if isinstance(iteration, bool) or not isinstance(iteration, int | np.integer):
-        raise ValueError(f"iteration must be an integer, got {iteration!r}")
+    iteration = check_int(iteration, "iteration")
     latest = (
         verdicts.assign(_ts=pd.to_datetime(verdicts["ts"], utc=True))
         .sort_values(["_ts", *(["verdict_id"] if "verdict_id" in verdicts else [])])

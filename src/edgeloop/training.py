@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 import torch
 
+from edgeloop.checks import check_int
 from edgeloop.data import AugmentConfig, SegmentationSet, make_loader
 from edgeloop.engine import train_one_epoch
 from edgeloop.metrics import ConfusionMatrix, metric_fn
@@ -434,14 +435,7 @@ def fit_soup(
     Raises:
         ValueError: `ingredients` not an integer >= 1, or what `fit` raises.
     """
-    if (
-        isinstance(ingredients, bool)
-        or not isinstance(ingredients, int | np.integer)
-        or ingredients < 1
-    ):
-        raise ValueError(
-            f"training.refit_soup must be an integer >= 1, got {ingredients!r}"
-        )
+    ingredients = check_int(ingredients, "training.refit_soup", minimum=1)
     warm = config.init == "warm" and init_state is not None
     if ingredients == 1 or not warm:
         if ingredients > 1:

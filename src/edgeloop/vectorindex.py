@@ -43,6 +43,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from edgeloop.checks import check_int
+
 log = logging.getLogger(__name__)
 
 METRICS = ("cosine", "l2")
@@ -123,12 +125,6 @@ def _check_ids(ids: Sequence[str], n: int) -> np.ndarray:
             f"ids must be unique; {len(dups)} repeat (e.g. {dups.index[:5].tolist()})"
         )
     return arr
-
-
-def _check_k(k: int, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {k!r}")
-    return int(k)
 
 
 def default_nlist(n: int) -> int:
@@ -253,7 +249,10 @@ class VectorIndex:
             }
         else:
             nlist = min(
-                _check_k(nlist, "nlist") if nlist is not None else default_nlist(n), n
+                check_int(nlist, "nlist", minimum=1)
+                if nlist is not None
+                else default_nlist(n),
+                n,
             )
             train_size = min(n, 50 * nlist)
             engine = faiss.index_factory(dim, f"IVF{nlist},Flat")
@@ -264,7 +263,7 @@ class VectorIndex:
                 engine.train(sample)
                 engine.add(x)
             nprobe = (
-                _check_k(nprobe, "nprobe")
+                check_int(nprobe, "nprobe", minimum=1)
                 if nprobe is not None
                 else default_nprobe(nlist)
             )
@@ -331,12 +330,14 @@ class VectorIndex:
         if ef_search is not None:
             if self.kind != "hnsw":
                 raise ValueError(f"ef_search applies to kind 'hnsw', not {self.kind!r}")
-            self._engine.hnsw.efSearch = _check_k(ef_search, "ef_search")
+            self._engine.hnsw.efSearch = check_int(ef_search, "ef_search", minimum=1)
             self._params["ef_search"] = int(ef_search)
         if nprobe is not None:
             if self.kind != "ivf":
                 raise ValueError(f"nprobe applies to kind 'ivf', not {self.kind!r}")
-            self._engine.nprobe = min(_check_k(nprobe, "nprobe"), self._params["nlist"])
+            self._engine.nprobe = min(
+                check_int(nprobe, "nprobe", minimum=1), self._params["nlist"]
+            )
             self._params["nprobe"] = int(self._engine.nprobe)
 
     def index_bytes(self) -> int:
@@ -372,7 +373,7 @@ class VectorIndex:
         Raises:
             ValueError: k < 1, a dim mismatch, NaN or inf in the queries.
         """
-        k = _check_k(k)
+        k = check_int(k, "k", minimum=1)
         q = np.asarray(queries)
         if q.ndim == 1:
             q = q[None, :]
@@ -558,7 +559,7 @@ def knn_candidates(
         nearest_seed and rank (1 = most similar). Ties in distance are broken
         by image_id.
     """
-    n = _check_k(n, "n")
+    n = check_int(n, "n", minimum=1)
     _check_choice(query, QUERIES, "query")
     seeds = np.asarray(seed_vectors)
     if seeds.ndim != 2:
@@ -700,7 +701,7 @@ def fused_candidates(
         ValueError: no spaces, a negative weight, shapes that do not match
             `ids`, an unknown weighting.
     """
-    n = _check_k(n, "n")
+    n = check_int(n, "n", minimum=1)
     _check_choice(weighting, WEIGHTINGS, "weighting")
     if not spaces:
         raise ValueError("fused_candidates needs at least one space")
@@ -834,8 +835,8 @@ def _kmeans_faiss_streamed(
     from sklearn.cluster import kmeans_plusplus
 
     faiss = _load_faiss()
-    k = _check_k(k)
-    n_iter = _check_k(n_iter, "n_iter")
+    k = check_int(k, "k", minimum=1)
+    n_iter = check_int(n_iter, "n_iter", minimum=1)
     n, dim = arr.shape
     if k > n:
         raise ValueError(f"k={k} is more than the {n} vectors to cluster")
@@ -871,8 +872,8 @@ def _kmeans(
 ) -> KMeansResult:
     """`kmeans` on vectors already checked and normalised by `_as_matrix`."""
     _check_choice(backend, KMEANS_BACKENDS, "backend")
-    k = _check_k(k)
-    n_iter = _check_k(n_iter, "n_iter")
+    k = check_int(k, "k", minimum=1)
+    n_iter = check_int(n_iter, "n_iter", minimum=1)
     n, dim = x.shape
     if k > n:
         raise ValueError(f"k={k} is more than the {n} vectors to cluster")
@@ -955,7 +956,7 @@ def cluster_path(
             cluster with fewer than k members to split (naming its size).
     """
     _check_choice(metric, METRICS, "metric")
-    k = _check_k(k)
+    k = check_int(k, "k", minimum=1)
     path = list(path)
     for level, c in enumerate(path):
         if isinstance(c, bool) or not isinstance(c, int | np.integer) or not 0 <= c < k:
