@@ -44,7 +44,9 @@ from edgeloop.simulate import (
     REFERENCE,
     SimulationPlan,
     deep_merge,
+    labeled_picks,
     load_records,
+    pool_tags,
     simulate,
 )
 from edgeloop.sources import SourceError, list_camvid
@@ -311,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     tags = annotator.get("bug_tags") or []
     if tags:
         _print_slice_gains(records, strategies, seeds, tags)
+        picks = labeled_picks(out, sim)
+        picks = picks[picks["strategy"].isin(strategies) & picks["seed"].isin(seeds)]
+        pool = pool_tags(out / "runs" / f"{REFERENCE}-seed{seeds[0]}", sim)
+        _print_picks(picks, strategies, set(tags), pool)
     _plot(curves, full_miou, target, budgets, out)
     (out / "label_efficiency.json").write_text(
         json.dumps(
@@ -377,6 +383,47 @@ def _print_slice_gains(
             )
             + f"  {fastest}"
         )
+
+
+def _print_picks(
+    picks: pd.DataFrame, strategies: list[str], rare: set[str], pool: dict
+) -> None:
+    """What each strategy sent to labeling: the share with a rare condition.
+
+    Per strategy and reason (hitl's bug candidates, confidence and random
+    checks), from the true tags; for a bug's picks also the share that carry
+    the very condition the bug was flagged with (does the similarity search
+    find the failure people saw?).
+    """
+    is_rare = picks["tags"].map(lambda t: bool(rare & set(t)))
+    own = pd.Series(
+        [
+            tag in tags if isinstance(tag, str) else np.nan
+            for tag, tags in zip(picks["bug_tag"], picks["tags"], strict=True)
+        ],
+        index=picks.index,
+        dtype=float,
+    )
+    in_pool = np.mean([bool(rare & set(t)) for t in pool.values()])
+    print(
+        "\nWhat each strategy labeled (all seeds and iterations): the share of "
+        f"masks with a rare condition ({', '.join(sorted(rare))})"
+    )
+    print(f"  {'strategy':<10}{'picked by':<16}{'masks':>7}{'rare':>8}  bug's own")
+    for strategy in strategies:
+        mine = picks["strategy"] == strategy
+        if not mine.any():
+            continue
+        reasons = sorted(picks.loc[mine, "reason"].unique())
+        for reason in reasons + (["(all)"] if len(reasons) > 1 else []):
+            sel = mine & ((picks["reason"] == reason) | (reason == "(all)"))
+            bug = own[sel].dropna()
+            print(
+                f"  {strategy:<10}{reason:<16}{int(sel.sum()):>7}"
+                f"{is_rare[sel].mean():>8.1%}"
+                + (f"  {bug.mean():>8.1%}" if len(bug) else "")
+            )
+    print(f"  {'the pool':<26}{len(pool):>7}{in_pool:>8.1%}")
 
 
 def _plot(

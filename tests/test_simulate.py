@@ -30,6 +30,8 @@ from edgeloop.simulate import (
     copy_project,
     discover_after_review,
     forgetting_events,
+    labeled_picks,
+    pool_tags,
     simulate_run,
 )
 
@@ -276,6 +278,39 @@ def test_simulated_answers_flow_through_the_import_and_the_registry_grows_by_the
     for k in range(ITERATIONS + 1):
         assert (out / f"cards/hitl/seed0/iter_{k}/model_card.json").is_file()
     assert "iteration 2" in stdout
+
+
+@pytest.mark.slow
+def test_labeled_picks_are_the_queues_with_their_true_tags(two_runs):
+    out, _, _ = two_runs
+    run = out / "runs" / "hitl-seed0"
+    picks = labeled_picks(out)
+    # Every labeling queue of the run, one row per labeled mask, by iteration.
+    assert picks["iteration"].value_counts().sort_index().to_dict() == {
+        k: BUDGET for k in range(1, ITERATIONS + 1)
+    }
+    assert set(picks["strategy"]) == {"hitl"} and set(picks["seed"]) == {0}
+    for k in range(ITERATIONS):
+        queue = pd.read_parquet(
+            run / f"data/07_model_output/iter_{k}/labeling_queue.parquet"
+        )
+        mine = picks[picks["iteration"] == k + 1]
+        assert list(mine["image_id"]) == list(queue["image_id"])
+        assert list(mine["reason"]) == list(queue["reason"])
+        # A bug's pick carries the condition its detail names; no other does.
+        for pick, detail in zip(mine.itertuples(), queue["detail"], strict=True):
+            if pick.reason.startswith("bug_"):
+                assert f"({pick.bug_tag}):" in detail
+            else:
+                assert pick.bug_tag is None
+    # The tags are the pool's truth (the metadata the annotator reads).
+    truth = LabeledFolder.from_folders(
+        run / "data/01_raw/synthetic/stream/images", run / "data/01_raw/truth/stream"
+    )
+    assert pool_tags(run) == truth.tags
+    for pick in picks.itertuples():
+        assert pick.tags == truth.tags[pick.image_id]
+    assert any(picks["tags"].map(len))
 
 
 def _card(path: Path) -> dict:

@@ -43,6 +43,7 @@ import copy
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -950,6 +951,68 @@ def load_records(out: Path) -> list[dict]:
     for state in sorted((out / "runs").glob("*-seed*/state.json")):
         records += json.loads(state.read_text())["records"]
     return records
+
+
+def pool_tags(run_dir: Path, sim: Mapping[str, Any] | None = None) -> dict:
+    """image_id -> true condition tags of a synthetic run's pool (the truth)."""
+    return dict(_truth(run_dir, sim or {})[0].tags)
+
+
+PICK_COLUMNS = [
+    "strategy",
+    "seed",
+    "iteration",
+    "image_id",
+    "reason",
+    "bug_tag",
+    "tags",
+]
+# acquisition's detail of a bug's pick: "<bug_id> (<tag>): ..."
+_BUG_DETAIL = re.compile(r"^\S+ \((?P<tag>[^)]*)\):")
+
+
+def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """What every synthetic run under `out/runs` sent to labeling, with the truth.
+
+    One row per labeling-queue row (the annotator labels the whole queue) of
+    every iteration of every strategy but the full-data reference: strategy,
+    seed, iteration (the one whose model first trains on it), image_id, reason
+    (random, low_confidence, bug_candidate, ...), bug_tag (the condition the
+    bug of a bug_candidate or bug_seed pick was flagged with, else None) and
+    tags (the image's true condition tags, as the annotator sees them). Like
+    the annotator, it reads the pool's truth; it is for the benchmarks.
+    """
+    rows = []
+    for state in sorted((out / "runs").glob("*-seed*/state.json")):
+        run_dir = state.parent
+        strategy, _, seed = run_dir.name.rpartition("-seed")
+        if strategy in (REFERENCE, "base"):
+            continue
+        tags = pool_tags(run_dir, sim)
+        for queue in sorted(
+            run_dir.glob("data/07_model_output/iter_*/labeling_queue.parquet")
+        ):
+            iteration = int(queue.parent.name.removeprefix("iter_")) + 1
+            for pick in pd.read_parquet(
+                queue, columns=["image_id", "reason", "detail"]
+            ).itertuples():
+                bug = _BUG_DETAIL.match(str(pick.detail))
+                rows.append(
+                    {
+                        "strategy": strategy,
+                        "seed": int(seed),
+                        "iteration": iteration,
+                        "image_id": pick.image_id,
+                        "reason": pick.reason,
+                        "bug_tag": bug["tag"]
+                        if bug and pick.reason.startswith("bug_")
+                        else None,
+                        "tags": tuple(tags.get(pick.image_id, ())),
+                    }
+                )
+    return pd.DataFrame(rows, columns=PICK_COLUMNS).sort_values(
+        ["strategy", "seed", "iteration"], kind="stable", ignore_index=True
+    )
 
 
 def curves_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
