@@ -302,7 +302,7 @@ def test_labeled_picks_are_the_queues_with_their_true_tags(two_runs):
             if pick.reason.startswith("bug_"):
                 assert f"({pick.bug_tag}):" in detail
             else:
-                assert pick.bug_tag is None
+                assert pd.isna(pick.bug_tag)
     # The tags are the pool's truth (the metadata the annotator reads).
     truth = LabeledFolder.from_folders(
         run / "data/01_raw/synthetic/stream/images", run / "data/01_raw/truth/stream"

@@ -978,7 +978,7 @@ def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFra
     every iteration of every strategy but the full-data reference: strategy,
     seed, iteration (the one whose model first trains on it), image_id, reason
     (random, low_confidence, bug_candidate, ...), bug_tag (the condition the
-    bug of a bug_candidate or bug_seed pick was flagged with, else None) and
+    bug of a bug_candidate or bug_seed pick was flagged with, else missing) and
     tags (the image's true condition tags, as the annotator sees them). Like
     the annotator, it reads the pool's truth; it is for the benchmarks.
     """
