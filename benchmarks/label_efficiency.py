@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     tags = annotator.get("bug_tags") or []
     if tags:
         _print_slice_gains(records, strategies, seeds, tags)
+    if tags and not camvid:  # the synthetic pool's truth has condition tags
         picks = labeled_picks(out, sim)
         picks = picks[picks["strategy"].isin(strategies) & picks["seed"].isin(seeds)]
         pool = pool_tags(out / "runs" / f"{REFERENCE}-seed{seeds[0]}", sim)
