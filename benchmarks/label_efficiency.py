@@ -280,14 +280,11 @@ def main(argv: list[str] | None = None) -> int:
             if not h or not r:
                 continue
             diff = np.mean(h) - np.mean(r)
-            spread = max(
-                np.std(h, ddof=1) if len(h) > 1 else 0.0,
-                np.std(r, ddof=1) if len(r) > 1 else 0.0,
-            )
             if min(len(h), len(r)) < 2:
                 # One seed has no spread: nothing to beat it by.
                 print(f"  {b:>4} masks: {diff:+.3f} (one seed: no spread)")
                 continue
+            spread = max(np.std(h, ddof=1), np.std(r, ddof=1))
             verdict = "beats" if diff > spread else "does not beat"
             print(
                 f"  {b:>4} masks: {diff:+.3f} (spread {spread:.3f}): "

@@ -290,6 +290,8 @@ def test_labeled_picks_are_the_queues_with_their_true_tags(two_runs):
         k: BUDGET for k in range(1, ITERATIONS + 1)
     }
     assert set(picks["strategy"]) == {"hitl"} and set(picks["seed"]) == {0}
+    # hitl labelled some of the bugs' neighbours, so the bug_tag branch runs.
+    assert picks["reason"].str.startswith("bug_").any()
     for k in range(ITERATIONS):
         queue = pd.read_parquet(
             run / f"data/07_model_output/iter_{k}/labeling_queue.parquet"
