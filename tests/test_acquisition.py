@@ -187,6 +187,11 @@ def test_hitl_bug_seeds_label_the_flagged_images_before_their_neighbours():
     ]  # fmt: skip
     assert on["reason"].tolist() == ["bug_seed"] * 4 + ["bug_candidate"] * 3
     assert on["detail"].iloc[0] == "bug-a (night): the flagged image itself"
+    # The bug share names its bug and condition in columns of their own.
+    assert on["bug_id"].tolist()[:5] == ["bug-a", "bug-b", "bug-c", "bug-a", "bug-b"]
+    assert on["bug_tag"].tolist()[:5] == ["night", "haze", "other", "night", "haze"]
+    others = off[off["reason"] == "low_confidence"]
+    assert others[["bug_id", "bug_tag"]].isna().all(axis=None)
     assert on["score"].iloc[0] == 0.0
     # Seeds stay first when the candidates are ordered by doubt.
     by_doubt = queue(bug_seeds=True, bug_order="mean_entropy")

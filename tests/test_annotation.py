@@ -164,6 +164,7 @@ def test_tasks_put_doubtful_pre_annotations_first_and_the_config_has_generics():
         {
             "image_id": ["a", "b", "c"],
             "reason": ["bug_candidate", "random", "bug_seed"],
+            "bug_id": ["bug-glare-0", None, "bug-haze-0"],
             "detail": [
                 "bug-glare-0 (glare): #1 nearest to abc",
                 None,

@@ -125,6 +125,7 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     assert summary["labeled_outside_test"] == len(reference)
     assert summary["cold_start"] is False
     assert set(summary["per_reason"]) == {"low_confidence", "random"}
+    assert summary["per_bug_tag"] == {}
     # hitl's confidence picks rank by novelty too, the most novel first.
     first = _latest(OUT0 / "labeling_queue.parquet")
     doubtful = first[first["reason"] == "low_confidence"]
@@ -172,6 +173,12 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     assert q["reason"].tolist()[:6] == ["bug_candidate"] * 6  # half of 12 first
     picked = q.loc[q["reason"] == "bug_candidate", "image_id"]
     assert picked.tolist() == knn["image_id"].tolist()[:6]  # nearest first
+    # The bug share names its bug and condition; the other picks have none.
+    bug_rows = q["reason"] == "bug_candidate"
+    assert set(q.loc[bug_rows, "bug_id"]) == {"bug-night-0"}
+    assert set(q.loc[bug_rows, "bug_tag"]) == {"night"}
+    assert q.loc[~bug_rows, ["bug_id", "bug_tag"]].isna().all(axis=None)
+    assert _json(ITER0 / "acquisition_summary.json")["per_bug_tag"] == {"night": 6}
     assert q["image_id"].is_unique and len(q) == 12
     assert Path(ITER0 / "knn_montages" / "bug-night-0.png").is_file()
     # With hitl.bug_seeds the flagged images themselves go first (the lake's

@@ -299,12 +299,14 @@ def test_labeled_picks_are_the_queues_with_their_true_tags(two_runs):
         mine = picks[picks["iteration"] == k + 1]
         assert list(mine["image_id"]) == list(queue["image_id"])
         assert list(mine["reason"]) == list(queue["reason"])
-        # A bug's pick carries the condition its detail names; no other does.
-        for pick, detail in zip(mine.itertuples(), queue["detail"], strict=True):
+        # A bug's pick carries the condition of its bug (the one its detail
+        # names, e.g. "bug-3 (night): #2 nearest to ..."); no other pick does.
+        for pick, row in zip(mine.itertuples(), queue.itertuples(), strict=True):
             if pick.reason.startswith("bug_"):
-                assert f"({pick.bug_tag}):" in detail
+                assert pick.bug_tag == row.bug_tag
+                assert row.detail.startswith(f"{row.bug_id} ({pick.bug_tag}):")
             else:
-                assert pd.isna(pick.bug_tag)
+                assert pd.isna(pick.bug_tag) and pd.isna(row.bug_id)
     # The tags are the pool's truth (the metadata the annotator reads).
     truth = LabeledFolder.from_folders(
         run / "data/01_raw/synthetic/stream/images", run / "data/01_raw/truth/stream"

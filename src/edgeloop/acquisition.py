@@ -43,8 +43,9 @@ __all__ = [
 STRATEGIES = ("random", "entropy", "hitl")
 # The similarity context's KNN candidates of open bugs (hitl's bug share).
 KNN_COLUMNS = ["bug_id", "tag", "image_id", "distance", "nearest_seed", "rank"]
-# Queue reasons of hitl's bug share (a bug's own image, a KNN candidate): the
-# detail of such a pick starts with the bug id.
+# Queue reasons of hitl's bug share (a bug's own image, a KNN candidate):
+# such a pick has the bug's id and condition tag in `bug_id` and `bug_tag`
+# (missing for every other pick).
 BUG_REASONS = ("bug_seed", "bug_candidate")
 LABELING_QUEUE_COLUMNS = [
     "rank",
@@ -52,6 +53,8 @@ LABELING_QUEUE_COLUMNS = [
     "request_id",
     "image_blob",
     "reason",
+    "bug_id",
+    "bug_tag",
     "detail",
     "score",
 ]
@@ -206,6 +209,8 @@ def _rows(
             "request_id": by_id.at[i, "request_id"],
             "image_blob": by_id.at[i, "image_blob"],
             "reason": reason,
+            "bug_id": None,
+            "bug_tag": None,
             "detail": d,
             "score": float(s),
         }
@@ -370,6 +375,7 @@ def _bug_candidates(
         [float(c["distance"]) for c in picks],
     )
     for row, c in zip(rows, picks, strict=True):
+        row["bug_id"], row["bug_tag"] = str(c["bug_id"]), str(c["tag"])
         if int(c["rank"]) == 0:
             row["reason"] = "bug_seed"
     return rows
@@ -463,5 +469,6 @@ def select_for_labeling(
             )
             add(_random(pool, budget - len(rows), config.seed, taken))
     out = pd.DataFrame(rows, columns=LABELING_QUEUE_COLUMNS[1:])
+    out[["bug_id", "bug_tag"]] = out[["bug_id", "bug_tag"]].astype(object)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out

@@ -129,7 +129,7 @@ def annotation_tasks(
     """Label Studio tasks for the labeling queue, doubtful pre-annotations first.
 
     Args:
-        queue: The labeling queue (image_id, reason, detail, ...).
+        queue: The labeling queue (image_id, reason, bug_id, detail, ...).
         prelabels: image_id -> [(pre-annotation, quality)], one per method.
         image_urls: image_id -> the URL Label Studio loads the image from.
         model_versions: method -> the version shown in Label Studio.
@@ -170,8 +170,10 @@ def annotation_tasks(
         detail = getattr(row, "detail", None)
         detail = detail if isinstance(detail, str) else ""
         reason = str(row.reason)
-        # A bug's own image or KNN candidate: the detail starts with the bug id.
-        bug_ids = detail.split(" ", 1)[0] if reason in BUG_REASONS else ""
+        # A bug's own image or KNN candidate carries its bug's id.
+        bug_id = getattr(row, "bug_id", None)
+        is_bug = reason in BUG_REASONS and isinstance(bug_id, str)
+        bug_ids = bug_id if is_bug else ""
         tasks.append(
             {
                 "data": {

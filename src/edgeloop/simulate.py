@@ -43,7 +43,6 @@ import copy
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -967,8 +966,6 @@ PICK_COLUMNS = [
     "bug_tag",
     "tags",
 ]
-# acquisition's detail of a bug's pick: "<bug_id> (<tag>): ..."
-_BUG_DETAIL = re.compile(r"^\S+ \((?P<tag>[^)]*)\):")
 
 
 def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -977,10 +974,11 @@ def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFra
     One row per labeling-queue row (the annotator labels the whole queue) of
     every iteration of every strategy but the full-data reference: strategy,
     seed, iteration (the one whose model first trains on it), image_id, reason
-    (random, low_confidence, bug_candidate, ...), bug_tag (the condition the
-    bug of a bug_candidate or bug_seed pick was flagged with, else missing) and
-    tags (the image's true condition tags, as the annotator sees them). Like
-    the annotator, it reads the pool's truth; it is for the benchmarks.
+    (random, low_confidence, bug_candidate, ...), bug_tag (the queue's: the
+    condition the bug of a bug_candidate or bug_seed pick was flagged with,
+    else missing) and tags (the image's true condition tags, as the annotator
+    sees them). Like the annotator, it reads the pool's truth; it is for the
+    benchmarks.
     """
     rows = []
     for state in sorted((out / "runs").glob("*-seed*/state.json")):
@@ -989,14 +987,19 @@ def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFra
         if strategy in (REFERENCE, "base"):
             continue
         tags = pool_tags(run_dir, sim)
-        for queue in sorted(
+        for path in sorted(
             run_dir.glob("data/07_model_output/iter_*/labeling_queue.parquet")
         ):
-            iteration = int(queue.parent.name.removeprefix("iter_")) + 1
-            for pick in pd.read_parquet(
-                queue, columns=["image_id", "reason", "detail"]
-            ).itertuples():
-                bug = _BUG_DETAIL.match(str(pick.detail))
+            iteration = int(path.parent.name.removeprefix("iter_")) + 1
+            queue = pd.read_parquet(path)
+            if "bug_tag" not in queue.columns:
+                log.warning(
+                    "%s was written before queues had a bug_tag column: "
+                    "its picks' bug_tag is missing",
+                    path,
+                )
+                queue["bug_tag"] = None
+            for pick in queue.itertuples():
                 rows.append(
                     {
                         "strategy": strategy,
@@ -1004,9 +1007,7 @@ def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFra
                         "iteration": iteration,
                         "image_id": pick.image_id,
                         "reason": pick.reason,
-                        "bug_tag": bug["tag"]
-                        if bug and pick.reason.startswith("bug_")
-                        else None,
+                        "bug_tag": pick.bug_tag,
                         "tags": tuple(tags.get(pick.image_id, ())),
                     }
                 )

@@ -28,6 +28,11 @@ def _bug_seeds(lake: Lake) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["bug_id", "tag", "image_id"])
 
 
+def _counts(values: pd.Series) -> dict[str, int]:
+    """value -> how many rows have it, sorted by value (missing values left out)."""
+    return values.value_counts().sort_index().astype(int).to_dict()
+
+
 def build_labeling_queue(
     lake: Lake,
     knn: pd.DataFrame,
@@ -74,7 +79,9 @@ def build_labeling_queue(
         "picked": len(queue),
         "labeled_outside_test": n_learnable,
         "cold_start": config.cold(n_learnable),
-        "per_reason": queue["reason"].value_counts().sort_index().astype(int).to_dict(),
+        "per_reason": _counts(queue["reason"]),
+        # The bug share's picks per condition their bug was flagged with.
+        "per_bug_tag": _counts(queue["bug_tag"]),
         "predictions_version": lake.reads.get("predictions"),
         "labels_version": lake.reads.get("labels"),
     }
