@@ -469,6 +469,5 @@ def select_for_labeling(
             )
             add(_random(pool, budget - len(rows), config.seed, taken))
     out = pd.DataFrame(rows, columns=LABELING_QUEUE_COLUMNS[1:])
-    out[["bug_id", "bug_tag"]] = out[["bug_id", "bug_tag"]].astype(object)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     return out

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 
 from edgeloop import lsrle
-from edgeloop.acquisition import BUG_REASONS
 from edgeloop.classmap import ClassMap
 from edgeloop.labelstudio import (
     ExportRejected,
@@ -170,10 +169,9 @@ def annotation_tasks(
         detail = getattr(row, "detail", None)
         detail = detail if isinstance(detail, str) else ""
         reason = str(row.reason)
-        # A bug's own image or KNN candidate carries its bug's id.
+        # Only a bug's own image or KNN candidate carries its bug's id.
         bug_id = getattr(row, "bug_id", None)
-        is_bug = reason in BUG_REASONS and isinstance(bug_id, str)
-        bug_ids = bug_id if is_bug else ""
+        bug_ids = bug_id if isinstance(bug_id, str) else ""
         tasks.append(
             {
                 "data": {

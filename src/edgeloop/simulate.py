@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from scipy import ndimage
 
 from edgeloop.annotation import IMAGE, MASK, effort, prediction_mask
@@ -991,7 +992,10 @@ def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFra
             run_dir.glob("data/07_model_output/iter_*/labeling_queue.parquet")
         ):
             iteration = int(path.parent.name.removeprefix("iter_")) + 1
-            queue = pd.read_parquet(path)
+            # Not the image blobs: only the columns the picks need.
+            columns = ["image_id", "reason", "bug_tag"]
+            names = pq.ParquetDataset(path).schema.names
+            queue = pd.read_parquet(path, columns=[c for c in columns if c in names])
             if "bug_tag" not in queue.columns:
                 log.warning(
                     "%s was written before queues had a bug_tag column: "
