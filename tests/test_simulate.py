@@ -332,6 +332,42 @@ def test_the_same_seed_reproduces_the_cards_and_the_curves(two_runs):
     assert (a / "curves.csv").read_text() == (b / "curves.csv").read_text()
 
 
+def test_labeled_picks_read_only_the_latest_version_of_a_queue(tmp_path):
+    """A resumed acquisition can save a queue twice: the latest is the one labelled."""
+    run = tmp_path / "runs" / "hitl-seed0"
+    images, truth = (
+        run / "data/01_raw/synthetic/stream/images",
+        run / "data/01_raw/truth/stream",
+    )
+    lines = []
+    for i, tag in enumerate(["night", "glare"]):
+        write_png(images / f"s{i}.png", np.full((8, 8, 3), 40 * i, np.uint8))
+        write_png(truth / "masks" / f"s{i}.png", np.zeros((8, 8), np.uint8))
+        lines.append(json.dumps({"stem": f"s{i}", "tags": [tag]}) + "\n")
+    (truth / "metadata.jsonl").write_text("".join(lines))
+    stems = LabeledFolder.from_folders(images, truth).stems
+    ids = [next(k for k, v in stems.items() if v == f"s{i}") for i in range(2)]
+    (run / "state.json").write_text("{}")
+    queue = run / "data/07_model_output/iter_0/labeling_queue.parquet"
+    for version, image_id in [
+        ("2026-12-05T10.00.00.000Z", ids[0]),
+        ("2026-12-05T11.00.00.000Z", ids[1]),
+    ]:
+        (queue / version).mkdir(parents=True)
+        pd.DataFrame({"image_id": [image_id], "reason": ["random"], "bug_tag": [None]}
+                     ).to_parquet(queue / version / queue.name)  # fmt: skip
+    picks = labeled_picks(tmp_path)
+    assert list(picks["image_id"]) == [ids[1]] and list(picks["iteration"]) == [1]
+    assert list(picks["tags"]) == [("glare",)]
+    # A folder with no saved version is named in the error.
+    empty = run / "data/07_model_output/iter_1/labeling_queue.parquet"
+    empty.mkdir(parents=True)
+    with pytest.raises(
+        FileNotFoundError, match="iter_1/labeling_queue.parquet holds no"
+    ):
+        labeled_picks(tmp_path)
+
+
 def test_stop_before_names_the_stages_it_knows(tmp_path):
     plan = SimulationPlan(project=tmp_path, out=tmp_path / "out", env="ci")
     for bad in ("train", "0:fit", "x:train", "-1:train"):

@@ -698,13 +698,18 @@ def _truth(
         pool = LabeledFolder.from_folders(prepared.pool / "images", prepared.truth)
         return pool, LabeledFolder.from_folders(prepared.eval / "images", prepared.eval)
     paths = sim.get("paths") or {}
-    pool = LabeledFolder.from_folders(
+    eval_root = run_dir / paths.get("eval_set", "data/01_raw/synthetic/eval")
+    evalset = LabeledFolder.from_folders(eval_root / "images", eval_root)
+    return _pool_truth(run_dir, sim), evalset
+
+
+def _pool_truth(run_dir: Path, sim: Mapping[str, Any]) -> LabeledFolder:
+    """A synthetic run's pool with its truth (`simulation.paths`)."""
+    paths = sim.get("paths") or {}
+    return LabeledFolder.from_folders(
         run_dir / paths.get("pool_images", "data/01_raw/synthetic/stream/images"),
         run_dir / paths.get("pool_truth", "data/01_raw/truth/stream"),
     )
-    eval_root = run_dir / paths.get("eval_set", "data/01_raw/synthetic/eval")
-    evalset = LabeledFolder.from_folders(eval_root / "images", eval_root)
-    return pool, evalset
 
 
 def _load_params(plan: SimulationPlan) -> dict[str, Any]:
@@ -955,7 +960,7 @@ def load_records(out: Path) -> list[dict]:
 
 def pool_tags(run_dir: Path, sim: Mapping[str, Any] | None = None) -> dict:
     """image_id -> true condition tags of a synthetic run's pool (the truth)."""
-    return dict(_truth(run_dir, sim or {})[0].tags)
+    return dict(_pool_truth(run_dir, sim or {}).tags)
 
 
 PICK_COLUMNS = [
@@ -967,6 +972,19 @@ PICK_COLUMNS = [
     "bug_tag",
     "tags",
 ]
+
+
+def latest_version(path: Path) -> Path:
+    """The latest version's file of a Kedro versioned dataset at `path`.
+
+    Kedro saves `<path>/<version>/<name>`, version strings sort by time.
+    """
+    versions = sorted(
+        v / path.name for v in path.iterdir() if (v / path.name).is_file()
+    )
+    if not versions:
+        raise FileNotFoundError(f"{path} holds no saved version of {path.name}")
+    return versions[-1]
 
 
 def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -988,10 +1006,13 @@ def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFra
         if strategy in (REFERENCE, "base"):
             continue
         tags = pool_tags(run_dir, sim)
-        for path in sorted(
+        for versions in sorted(
             run_dir.glob("data/07_model_output/iter_*/labeling_queue.parquet")
         ):
-            iteration = int(path.parent.name.removeprefix("iter_")) + 1
+            iteration = int(versions.parent.name.removeprefix("iter_")) + 1
+            # A versioned dataset: the latest version is the queue the
+            # annotator labelled (a resumed acquisition may have saved two).
+            path = latest_version(versions)
             # Not the image blobs: only the columns the picks need.
             columns = ["image_id", "reason", "bug_tag"]
             names = pq.ParquetDataset(path).schema.names
