@@ -226,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         f"wall time {minutes:.1f} min on this machine (this invocation: runs "
         "already complete in --out are reused, not timed again)",
     ]
+    if extra:
+        # What --params changed, for every strategy and the reference alike.
+        rules.insert(
+            4, f"runtime params (--params), for every run: {json.dumps(extra)}"
+        )
     print("\nRules of the comparison")
     for rule in rules:
         print(f"- {rule}")
