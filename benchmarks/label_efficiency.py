@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from edgeloop.commands import project_config
+from edgeloop.progress import ENV as PROGRESS_ENV
 from edgeloop.simulate import (
     REFERENCE,
     SimulationPlan,
@@ -104,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         help="masks per iteration (default: 20; CamVid: the seed set's size)",
     )
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars, the pipelines' included (EDGELOOP_PROGRESS=0)",
+    )
     ap.add_argument(
         "--params",
         default=None,
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out when they change",
     )
     args = ap.parse_args(argv)
+    if args.quiet:
+        os.environ[PROGRESS_ENV] = "0"
     camvid = args.dataset == "camvid"
     seeds = tuple(int(s) for s in args.seeds.split(","))
     strategies = [s for s in args.strategies.split(",") if s]

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ import numpy as np
 
 from edgeloop.classmap import ClassMap
 from edgeloop.commands import project_config
+from edgeloop.progress import ENV as PROGRESS_ENV
 from edgeloop.simulate import (
     EvalSet,
     LabeledFolder,
@@ -130,11 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--budget", type=int, default=20, help="masks per iteration")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars, the pipelines' included (EDGELOOP_PROGRESS=0)",
+    )
     ap.add_argument(
         "--params", default=None, help="extra runtime params as JSON, for every run"
     )
     args = ap.parse_args(argv)
+    if args.quiet:
+        os.environ[PROGRESS_ENV] = "0"
     seeds = [int(s) for s in args.seeds.split(",") if s]
     train_seeds = [int(s) for s in args.train_seeds.split(",") if s]
     strategies = [s for s in args.strategies.split(",") if s]

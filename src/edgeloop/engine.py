@@ -12,7 +12,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from edgeloop.progress import tqdm
 
 log = logging.getLogger(__name__)
 

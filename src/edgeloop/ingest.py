@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from edgeloop.classmap import ClassMap
 from edgeloop.features import MaskFeatures, image_features, mask_features
@@ -30,6 +29,7 @@ from edgeloop.imaging import (
     image_size,
 )
 from edgeloop.lake import ImageRecord, LabelRecord
+from edgeloop.progress import tqdm
 from edgeloop.sources import (
     RawItem,
     SourceConfig,

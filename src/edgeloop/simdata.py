@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
 from edgeloop.classmap import ClassMap
 from edgeloop.imaging import decode_image, decode_mask, encode_png
+from edgeloop.progress import tqdm
 from edgeloop.sources import RawItem, SourceError, list_camvid, resolve_inside
 
 _FRAME = re.compile(r"^(?P<seq>.+?)_f?(?P<num>\d+)$")

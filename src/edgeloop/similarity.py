@@ -580,7 +580,7 @@ def embed_frame(
     Returns:
         A report: total, new, seconds, images_per_second and the embedder.
     """
-    from tqdm.auto import tqdm
+    from edgeloop.progress import tqdm
 
     t0 = time.perf_counter()
     items = items.drop_duplicates("image_id")

@@ -783,7 +783,7 @@ def simulate_run(
     with its own plan (benchmarks/refit_noise.py retrains one labelled set
     under several training seeds that way).
     """
-    from tqdm.auto import tqdm
+    from edgeloop.progress import tqdm
 
     iterations = 1 if plan.strategy == REFERENCE else plan.iterations
     if stop_before is not None:

@@ -34,6 +34,7 @@ from edgeloop.models import (
     count_parameters,
 )
 from edgeloop.predictor import Predictor
+from edgeloop.progress import enabled as progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -650,7 +651,7 @@ def run_sweep(
             objective,
             n_trials=remaining,
             callbacks=[optuna.study.MaxTrialsCallback(sweep.n_trials, states=finished)],
-            show_progress_bar=progress,
+            show_progress_bar=progress and progress_enabled(),
         )
     else:
         log.info(

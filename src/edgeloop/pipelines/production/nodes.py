@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from edgeloop.imaging import ImageDecodeError, decode_image, sha256
 from edgeloop.lake import Lake
 from edgeloop.prodlog import PNG_SIGNATURE, PredictionEvent, PredictionLog
+from edgeloop.progress import tqdm
 from edgeloop.registry import load_model, promoted_row
 
 log = logging.getLogger(__name__)

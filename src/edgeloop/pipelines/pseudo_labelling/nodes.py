@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from edgeloop.classmap import ClassMap
 from edgeloop.imaging import decode_image, decode_mask, encode_png
 from edgeloop.lake import Lake
+from edgeloop.progress import tqdm
 from edgeloop.pseudo import (
     METHODS,
     PreLabel,

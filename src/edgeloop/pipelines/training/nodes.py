@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from edgeloop.card import hardware
 from edgeloop.data import resize_pair
 from edgeloop.imaging import decode_image, decode_mask
 from edgeloop.lake import Lake
 from edgeloop.models import IMAGENET_MEAN, IMAGENET_STD
+from edgeloop.progress import tqdm
 from edgeloop.registry import TrainedModel, load_model, promoted_row
 from edgeloop.training import (
     FitConfig,
