@@ -1015,7 +1015,7 @@ def labeled_picks(out: Path, sim: Mapping[str, Any] | None = None) -> pd.DataFra
             path = latest_version(versions)
             # Not the image blobs: only the columns the picks need.
             columns = ["image_id", "reason", "bug_tag"]
-            names = pq.ParquetDataset(path).schema.names
+            names = pq.read_schema(path).names
             queue = pd.read_parquet(path, columns=[c for c in columns if c in names])
             if "bug_tag" not in queue.columns:
                 log.warning(
