@@ -280,3 +280,61 @@ def test_spec_validation() -> None:
         syn.AircraftSpec(cls=4, rel_area=0.1, rotation_deg=0.0, cx=0.5, cy=0.5)
     with pytest.raises(ValueError, match="cx"):
         syn.AircraftSpec(cls=1, rel_area=0.1, rotation_deg=0.0, cx=1.5, cy=0.5)
+
+
+def test_silhouette_look_flattens_aircraft_under_rare_conditions_only() -> None:
+    airliner = (
+        syn.AircraftSpec(cls=2, rel_area=0.2, rotation_deg=30.0, cx=0.5, cy=0.5),
+    )
+
+    def render(lighting: str, look: str) -> tuple[np.ndarray, np.ndarray]:
+        spec = syn.SceneSpec(
+            background="sky",
+            lighting=lighting,
+            glare=False,
+            haze=False,
+            cloud=False,
+            aircraft=airliner,
+            seed=3,
+        )
+        return syn.render_scene(spec, size=48, rare_look=look)
+
+    # A common condition looks the same either way.
+    day, day_mask = render("day", "colour")
+    same, same_mask = render("day", "silhouette")
+    assert np.array_equal(day, same) and np.array_equal(day_mask, same_mask)
+    # Dusk (rare): the same mask, a dark flat aircraft instead of a white one,
+    # and nothing else in the image changes (up to the 3x3 optics blur).
+    colour, mask = render("dusk", "colour")
+    flat, flat_mask = render("dusk", "silhouette")
+    assert np.array_equal(mask, flat_mask)
+    plane = mask > 0
+    assert colour[plane].mean() > 90 and flat[plane].mean() < 35
+    near = ndimage.binary_dilation(plane, structure=np.ones((3, 3), bool))
+    assert (colour != flat).any(-1)[~near].sum() == 0
+
+
+def test_rare_look_applies_to_every_set_and_keeps_masks() -> None:
+    colour = syn.generate_scenes("eval", 40, size=32)
+    flat = syn.generate_scenes("eval", 40, size=32, rare_look="silhouette")
+    rare = set(syn.RARE_CONDITIONS)
+    changed = [
+        not np.array_equal(a.image, b.image) for a, b in zip(colour, flat, strict=True)
+    ]
+    assert all(
+        np.array_equal(a.mask, b.mask) for a, b in zip(colour, flat, strict=True)
+    )
+    assert [a.spec for a in colour] == [b.spec for b in flat]
+    # Only scenes with a rare condition (and a visible aircraft) change.
+    assert not any(
+        c for c, s in zip(changed, colour, strict=True) if not rare & set(s.tags)
+    )
+    assert sum(changed) >= 20
+
+
+def test_rare_look_must_be_known() -> None:
+    with pytest.raises(ValueError, match=r"rare_look.*colour.*silhouette.*'outline'"):
+        syn.generate_scenes("eval", 1, rare_look="outline")
+    spec = syn.generate_scenes("eval", 1, size=32)[0].spec
+    with pytest.raises(ValueError, match="rare_look"):
+        syn.render_scene(spec, size=32, rare_look="")

@@ -35,6 +35,7 @@ __all__ = [
     "KINDS",
     "LIGHTINGS",
     "RARE_CONDITIONS",
+    "RARE_LOOKS",
     "STREAM_RARE_RATE",
     "AircraftSpec",
     "Scene",
@@ -55,6 +56,13 @@ BACKGROUNDS: tuple[str, ...] = ("sky", "ground")
 EFFECTS: tuple[str, ...] = ("glare", "haze", "cloud")
 CONDITION_TAGS: tuple[str, ...] = LIGHTINGS + BACKGROUNDS + EFFECTS
 RARE_CONDITIONS: tuple[str, ...] = ("dusk", "night", "glare", "haze", "cloud")
+# How aircraft look in a scene with a rare condition. "colour": like in any
+# other scene (the condition changes only the light, which a model largely
+# learns from common scenes). "silhouette": the camera sees outlines, not
+# liveries (backlit by a low sun or glare, at night, in haze or cloud): every
+# part of an aircraft takes one flat dark tone, so its class shows only in its
+# shape and a model must see such scenes to learn them.
+RARE_LOOKS: tuple[str, ...] = ("colour", "silhouette")
 KINDS: tuple[str, ...] = ("collected", "stream", "eval")
 
 _MIN_SIZE = 32
@@ -556,13 +564,20 @@ def _draw_aircraft(
     rng: np.random.Generator,
     *,
     shadow: tuple[float, float] | None,
+    tone: float | None = None,
 ) -> None:
-    """Rasterises one aircraft into the image and mask in place."""
+    """Rasterises one aircraft into the image and mask in place.
+
+    With a ``tone``, every part takes that flat grey (a silhouette); the
+    colours are still drawn so the rest of the scene stays the same.
+    """
     size = mask.shape[0]
     parts = list(_shapes()[air.cls])
     if air.cls == 3 and rng.random() < 0.6:
         parts.append((_DARK, _PROPELLER))
     colour_lut = _part_colours(air.cls, rng)
+    if tone is not None:
+        colour_lut[:] = np.float32(tone)
     light = rng.uniform(0.0, 2.0 * np.pi)
     texture_full = _crop(_noise_bank(size), size, rng)
     # Transform every part at once, then work only inside the bounding box
@@ -690,26 +705,37 @@ def _blur3(img: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def render_scene(spec: SceneSpec, *, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    spec: SceneSpec, *, size: int = 128, rare_look: str = "colour"
+) -> tuple[np.ndarray, np.ndarray]:
     """Renders a scene spec into an image and a class mask.
 
-    Deterministic: the same spec and size give identical arrays, because all
-    randomness comes from ``np.random.default_rng(spec.seed)``.
+    Deterministic: the same spec, size and look give identical arrays, because
+    all randomness comes from ``spec.seed``.
 
     Args:
         spec: What to draw.
         size: Side length in pixels of the square output, at least 32.
+        rare_look: One of :data:`RARE_LOOKS`: how aircraft look when the
+            scene has a rare condition. The mask and everything else in the
+            image are the same for both looks.
 
     Returns:
         ``(image, mask)``: RGB uint8 (size, size, 3) and uint8 (size, size)
         with values in {0, 1, 2, 3}.
 
     Raises:
-        ValueError: If ``size`` is below 32.
+        ValueError: If ``size`` is below 32 or ``rare_look`` is unknown.
     """
     _check_size(size)
+    _check_rare_look(rare_look)
     size = int(size)
     rng = np.random.default_rng(spec.seed)
+    tones: list[float | None] = [None] * len(spec.aircraft)
+    if rare_look == "silhouette" and set(spec.tags()) & set(RARE_CONDITIONS):
+        # A generator of its own, so the scene's other draws stay the same.
+        tone_rng = np.random.default_rng([spec.seed, 1])
+        tones = [float(t) for t in tone_rng.uniform(0.04, 0.16, len(spec.aircraft))]
     if spec.background == "sky":
         img = _sky(size, rng)
         shadow = None
@@ -718,8 +744,8 @@ def render_scene(spec: SceneSpec, *, size: int = 128) -> tuple[np.ndarray, np.nd
         angle = rng.uniform(0.0, 2.0 * np.pi)
         shadow = (math.sin(angle), math.cos(angle))
     mask = np.zeros((size, size), dtype=np.uint8)
-    for air in spec.aircraft:
-        _draw_aircraft(img, mask, air, rng, shadow=shadow)
+    for air, tone in zip(spec.aircraft, tones, strict=True):
+        _draw_aircraft(img, mask, air, rng, shadow=shadow, tone=tone)
 
     if spec.cloud:
         # Clouds come before lighting so they are lit like the rest of the scene.
@@ -943,6 +969,11 @@ def _check_rare_rate(rate: float) -> None:
         raise ValueError(f"rare_rate must be a number in [0, 0.1], got {rate!r}")
 
 
+def _check_rare_look(look: str) -> None:
+    if look not in RARE_LOOKS:
+        raise ValueError(f"rare_look must be one of {RARE_LOOKS}, got {look!r}")
+
+
 def _check_size(size: int) -> None:
     if not isinstance(size, _INTEGERS) or size < _MIN_SIZE:
         raise ValueError(f"size must be an int >= {_MIN_SIZE}, got {size!r}")
@@ -970,6 +1001,7 @@ def generate_scenes(
     start: datetime | None = None,
     days: int = 3,
     rare_rate: float = STREAM_RARE_RATE,
+    rare_look: str = "colour",
 ) -> list[Scene]:
     """Generates one of the standard sets.
 
@@ -990,6 +1022,8 @@ def generate_scenes(
         rare_rate: The stream's share of each rare condition (dusk, night,
             glare, haze, cloud), in [0, 0.1]; ``STREAM_RARE_RATE`` by default.
             Only used by the stream (the eval set keeps 18-20% of each).
+        rare_look: How aircraft look in scenes with a rare condition, one of
+            :data:`RARE_LOOKS` (see :func:`render_scene`); every set.
 
     Returns:
         Scenes named ``f"{kind}_{i:05d}"``; the stream is sorted by time.
@@ -1004,6 +1038,7 @@ def generate_scenes(
     if not isinstance(days, _INTEGERS) or days < 1:
         raise ValueError(f"days must be an int >= 1, got {days!r}")
     _check_rare_rate(rare_rate)
+    _check_rare_look(rare_look)
     n, size = int(n), int(size)
     start = _DEFAULT_START if start is None else start
     rng = np.random.default_rng(np.random.SeedSequence([seed, KINDS.index(kind)]))
@@ -1029,7 +1064,7 @@ def generate_scenes(
             force=forces[i],
             rare_rate=rare_rate,
         )
-        image, mask = render_scene(spec, size=size)
+        image, mask = render_scene(spec, size=size, rare_look=rare_look)
         scenes.append(
             Scene(
                 name=f"{kind}_{i:05d}",

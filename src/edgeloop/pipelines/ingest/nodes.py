@@ -30,6 +30,7 @@ class SyntheticConfig:
     n_stream: int = 2000
     stream_days: int = 3
     stream_rare_rate: float = synthetic.STREAM_RARE_RATE
+    rare_look: str = "colour"
     eval_split: str = "test"
 
     @classmethod
@@ -45,6 +46,7 @@ class SyntheticConfig:
             stream_rare_rate=float(
                 params.get("stream_rare_rate", cls.stream_rare_rate)
             ),
+            rare_look=str(params.get("rare_look", cls.rare_look)),
             eval_split=str(params.get("eval_split", cls.eval_split)),
         )
 
@@ -77,7 +79,9 @@ def generate_synthetic_scenes(
                 mask=s.mask,
                 meta={"split": split, "tags": list(s.tags)},
             )
-            for s in synthetic.generate_scenes(kind, n, size=cfg.size, seed=cfg.seed)
+            for s in synthetic.generate_scenes(
+                kind, n, size=cfg.size, seed=cfg.seed, rare_look=cfg.rare_look
+            )
         ]
     stream = synthetic.generate_scenes(
         "stream",
@@ -86,6 +90,7 @@ def generate_synthetic_scenes(
         seed=cfg.seed,
         days=cfg.stream_days,
         rare_rate=cfg.stream_rare_rate,
+        rare_look=cfg.rare_look,
     )
     scenes["stream"] = [
         FolderItem(stem=s.name, image=s.image, meta={"captured_at": s.captured_at})
