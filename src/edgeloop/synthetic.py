@@ -11,7 +11,9 @@ three standard sets:
   percent each.
 * ``eval``: a fixed labeled evaluation set that covers every condition tag.
 
-Mask values are the indices of :data:`CLASS_NAMES`. Rendering uses only
+With ``rare_look="silhouette"`` the aircraft of scenes with a rare condition
+are flat dark outlines (see :data:`RARE_LOOKS`); the default leaves them in
+colour. Mask values are the indices of :data:`CLASS_NAMES`. Rendering uses only
 vectorised numpy plus PIL polygon filling; per-size textures are generated
 lazily and cached so that a 128 px scene costs about a millisecond.
 """
@@ -569,7 +571,8 @@ def _draw_aircraft(
     """Rasterises one aircraft into the image and mask in place.
 
     With a ``tone``, every part takes that flat grey (a silhouette); the
-    colours are still drawn so the rest of the scene stays the same.
+    colours are still drawn from ``rng``, so the scene's later draws (and
+    with them the rest of the image) stay the same.
     """
     size = mask.shape[0]
     parts = list(_shapes()[air.cls])
