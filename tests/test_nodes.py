@@ -289,16 +289,17 @@ def test_the_cards_object_breakdown_by_hand_and_its_bad_configs() -> None:
 
 
 def test_generate_passes_the_rare_look_on():
-    many = {**SYNTHETIC, "counts": {"collected": 0, "eval": 30, "stream": 0}}
+    many = {**SYNTHETIC, "counts": {"collected": 0, "eval": 30, "stream": 60}}
     source = {"source": {"kind": "synthetic"}}
-    colour, _ = generate_synthetic_scenes(many, source)
+    colour, truth = generate_synthetic_scenes(many, source)
     flat, _ = generate_synthetic_scenes({**many, "rare_look": "silhouette"}, source)
     rare = {"dusk", "night", "glare", "haze", "cloud"}
-    changed = {
-        a.stem
-        for a, b in zip(colour["eval"], flat["eval"], strict=True)
-        if not np.array_equal(a.image, b.image)
-    }
-    assert changed and all(
-        rare & set(a.meta["tags"]) for a in colour["eval"] if a.stem in changed
-    )
+    tags = {i.stem: set(i.meta["tags"]) for i in colour["eval"] + truth["stream"]}
+    for kind in ("eval", "stream"):
+        changed = {
+            a.stem
+            for a, b in zip(colour[kind], flat[kind], strict=True)
+            if not np.array_equal(a.image, b.image)
+        }
+        assert changed, kind
+        assert all(rare & tags[stem] for stem in changed), kind

@@ -314,7 +314,7 @@ def test_silhouette_look_flattens_aircraft_under_rare_conditions_only() -> None:
     assert (colour != flat).any(-1)[~near].sum() == 0
 
 
-def test_rare_look_applies_to_every_set_and_keeps_masks() -> None:
+def test_rare_look_changes_only_rare_scenes_and_keeps_masks() -> None:
     colour = syn.generate_scenes("eval", 40, size=32)
     flat = syn.generate_scenes("eval", 40, size=32, rare_look="silhouette")
     rare = set(syn.RARE_CONDITIONS)
