@@ -14,6 +14,7 @@ from edgeloop.pipelines.ingest.nodes import generate_synthetic_scenes, ingest_im
 from edgeloop.pipelines.slicing.nodes import resolve_labels, summarise_slicing
 from edgeloop.pipelines.slicing.pipeline import create_pipeline as slicing_pipeline
 from edgeloop.review_tasks import update_edge_cases
+from edgeloop.synthetic import RARE_CONDITIONS
 
 CLASSES = {
     "names": ["background", "fighter_jet", "airliner", "light_aircraft"],
@@ -293,7 +294,7 @@ def test_generate_passes_the_rare_look_on():
     source = {"source": {"kind": "synthetic"}}
     colour, truth = generate_synthetic_scenes(many, source)
     flat, _ = generate_synthetic_scenes({**many, "rare_look": "silhouette"}, source)
-    rare = {"dusk", "night", "glare", "haze", "cloud"}
+    rare = set(RARE_CONDITIONS)
     tags = {i.stem: set(i.meta["tags"]) for i in colour["eval"] + truth["stream"]}
     for kind in ("eval", "stream"):
         changed = {
