@@ -284,6 +284,80 @@ def test_hitl_cold_start_samples_the_clusters_in_proportion_then_hunts_bugs():
     }
 
 
+def _unit(degrees: float) -> np.ndarray:
+    rad = np.deg2rad(degrees)
+    return np.array([np.cos(rad), np.sin(rad)])
+
+
+def test_hitl_typical_cold_start_takes_the_core_of_each_uncovered_cluster():
+    # Three directions: A (0 deg, wide, labeled at -10 and +10), B (120 deg,
+    # 7 images), C (240 deg, 5 images); each core image sits at the centre.
+    angles = {
+        **{f"a{i}": -20 + 4 * i for i in range(11)},
+        **{f"b{i}": 120 + d for i, d in enumerate([-3, -2, -1, 0, 1, 2, 3])},
+        **{f"c{i}": 240 + d for i, d in enumerate([-4, -2, 0, 2, 4])},
+    }
+    preds = _preds(len(angles)).assign(image_id=list(angles))
+    pool = unlabeled_pool(preds, set())
+    vectors = pd.Series({i: _unit(a) for i, a in angles.items()}, dtype=object)
+    labeled = np.stack([_unit(-10), _unit(10)])
+    cfg = _cfg(
+        strategy="hitl",
+        budget=2,
+        hitl={"cold_start_labeled": 60, "cold_start_pick": "typical"},
+    )
+    q = _select(pool, cfg, n_labeled=2, vectors=vectors, labeled_vectors=labeled)
+    # 4 clusters (2 labeled + 2); B and C hold no label, B is larger: its
+    # centre first, then C's.
+    assert q["image_id"].tolist() == ["b3", "c2"]
+    assert set(q["reason"]) == {"typical"}
+    assert (
+        q["detail"]
+        .str.fullmatch(r"cluster \d of 4: \d+ images, 0 labeled or picked")
+        .all()
+    )
+    assert (q["score"] > 0).all()
+    # Seeded: the same picks again; with nothing labeled it still covers
+    # every direction before a second pick from any.
+    again = _select(pool, cfg, n_labeled=2, vectors=vectors, labeled_vectors=labeled)
+    assert again["image_id"].tolist() == q["image_id"].tolist()
+    three = _select(
+        pool,
+        _cfg(strategy="hitl", budget=3, hitl=cfg_hitl(cfg)),
+        n_labeled=0,
+        vectors=vectors,
+        labeled_vectors=np.empty((0, 2)),
+    )
+    assert sorted(i[0] for i in three["image_id"]) == ["a", "b", "c"]
+    assert "b3" in set(three["image_id"]) and "c2" in set(three["image_id"])
+    # Pool images without a vector are left to the random share.
+    some = vectors.drop([i for i in angles if i.startswith("b")])
+    part = _select(
+        pool,
+        _cfg(strategy="hitl", budget=17, hitl=cfg_hitl(cfg)),
+        n_labeled=2,
+        vectors=some,
+        labeled_vectors=labeled,
+    )
+    typical = part.loc[part["reason"] == "typical", "image_id"]
+    assert len(typical) == 16 and not typical.str.startswith("b").any()
+    assert (
+        part.loc[part["reason"] == "random", "image_id"].str.startswith("b").sum() == 1
+    )
+    # One embedding for both, or a clear error.
+    with pytest.raises(ValueError, match="not one embedding"):
+        _select(
+            pool, cfg, n_labeled=2, vectors=vectors, labeled_vectors=np.ones((2, 3))
+        )
+
+
+def cfg_hitl(cfg: AcquisitionConfig) -> dict:
+    return {
+        "cold_start_labeled": cfg.cold_start_labeled,
+        "cold_start_pick": cfg.cold_start_pick,
+    }
+
+
 def test_budget_larger_than_the_pool_takes_everything():
     pool = unlabeled_pool(_preds(4), set())
     q = _select(pool, _cfg(strategy="random", budget=50))
@@ -300,6 +374,7 @@ def test_budget_larger_than_the_pool_takes_everything():
         ({"hitl": {"bugs": -1}}, "shares"),
         ({"hitl": {"cluster_cap": 0}}, "cluster_cap"),
         ({"hitl": {"cold_start_labeled": -1}}, "hitl.cold_start_labeled"),
+        ({"hitl": {"cold_start_pick": "densest"}}, "hitl.cold_start_pick"),
         ({"hitl": {"bug_order": "closest"}}, "hitl.bug_order"),
         ({"hitl": {"bug_shortlist": 0}}, "hitl.bug_shortlist"),
         ({"hitl": {"bug_seeds": "yes"}}, "hitl.bug_seeds"),

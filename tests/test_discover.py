@@ -191,6 +191,21 @@ def test_discover_review_bug_knn_and_labeling_queue(project):
     assert q2["reason"].tolist()[:6] == ["bug_seed"] * 3 + ["bug_candidate"] * 3
     assert set(q2["image_id"].iloc[:3]) == seeds
     assert q2["image_id"].tolist()[3:6] == knn["image_id"].tolist()[:3]
+    # A typical cold start (while fewer than a million are labeled) picks
+    # from the similarity store's embeddings: no bugs, no doubt, none labeled.
+    _run(
+        ["acquisition"],
+        acquisition={
+            "budget": 12,
+            "hitl": {"cold_start_labeled": 10**6, "cold_start_pick": "typical"},
+        },
+    )
+    q3 = _latest(OUT0 / "labeling_queue.parquet").sort_values("rank")
+    assert set(q3["reason"]) == {"typical"} and q3["image_id"].is_unique
+    assert len(q3) == 12 and (q3["score"] > 0).all()
+    labeled = set(Lake("data/lake").read("labels")["image_id"])
+    assert not labeled & set(q3["image_id"])
+    assert _json(ITER0 / "acquisition_summary.json")["cold_start"] is True
     health = pd.read_csv(ITER0 / "model_health.csv")
     assert health["reviewed"].sum() == 4 and health["bugs"].sum() == 3
 

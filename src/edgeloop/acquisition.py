@@ -11,9 +11,11 @@ Three strategies over the same pool, so the simulation compares them fairly:
   novelty by default) with at most `cluster_cap` per cluster, then random
   checks. A stage that cannot fill its share passes the rest on. Optional
   cold start: while fewer than `cold_start_labeled` images are labeled, hitl
-  takes a representative sample instead (random within each level-0
-  cluster, in proportion to the clusters' sizes), for when a weak model's
-  bugs and doubts are everywhere.
+  takes a representative sample instead (`cold_start_pick`: `representative`,
+  random within each level-0 cluster in proportion to the clusters' sizes; or
+  `typical`, TypiClust's pick: k-means into as many clusters as labeled images
+  plus the budget, then the most typical image of each least-covered cluster),
+  for when a weak model's bugs and doubts are everywhere.
 
 All pure functions over frames; the pipeline does the I/O.
 """
@@ -28,9 +30,11 @@ import numpy as np
 import pandas as pd
 
 from edgeloop.review import CONFIDENCE_SCORES
+from edgeloop.vectorindex import kmeans
 
 __all__ = [
     "BUG_REASONS",
+    "COLD_START_PICKS",
     "KNN_COLUMNS",
     "LABELING_QUEUE_COLUMNS",
     "STRATEGIES",
@@ -41,6 +45,13 @@ __all__ = [
 ]
 
 STRATEGIES = ("random", "entropy", "hitl")
+# How hitl's cold start picks (see the module docstring).
+COLD_START_PICKS = ("representative", "typical")
+# TypiClust's typicality: the inverse mean distance to this many nearest
+# neighbours in the image's own cluster (Hacohen et al., 2022).
+TYPICALITY_NEIGHBOURS = 20
+# ... and, as TypiClust, clusters smaller than this (outliers) come last.
+TYPICAL_MIN_CLUSTER = 5
 # The similarity context's KNN candidates of open bugs (hitl's bug share).
 KNN_COLUMNS = ["bug_id", "tag", "image_id", "distance", "nearest_seed", "rank"]
 # Queue reasons of hitl's bug share (a bug's own image, a KNN candidate):
@@ -77,6 +88,7 @@ class AcquisitionConfig:
     random_share: float = 0.2
     cluster_cap: int = 3
     cold_start_labeled: int = 0
+    cold_start_pick: str = "representative"
     bug_order: str = "nearest"
     bug_shortlist: int = 10
     bug_seeds: bool = False
@@ -105,6 +117,7 @@ class AcquisitionConfig:
             cold_start_labeled=int(
                 hitl.get("cold_start_labeled", cls.cold_start_labeled)
             ),
+            cold_start_pick=str(hitl.get("cold_start_pick", cls.cold_start_pick)),
             bug_order=str(hitl.get("bug_order", cls.bug_order)),
             bug_shortlist=int(hitl.get("bug_shortlist", cls.bug_shortlist)),
             bug_seeds=hitl.get("bug_seeds", cls.bug_seeds),
@@ -153,6 +166,11 @@ class AcquisitionConfig:
             raise ValueError(
                 "acquisition.hitl.cold_start_labeled must be >= 0, "
                 f"got {cfg.cold_start_labeled}"
+            )
+        if cfg.cold_start_pick not in COLD_START_PICKS:
+            raise ValueError(
+                f"acquisition.hitl.cold_start_pick must be one of {COLD_START_PICKS}, "
+                f"got {cfg.cold_start_pick!r}"
             )
         return cfg
 
@@ -262,6 +280,86 @@ def _representative(
         picks += chosen
         details += [f"cluster {name}: {k} of {size} in the pool"] * k
     return _rows(pool, picks, "representative", details, [float("nan")] * len(picks))
+
+
+def _typical(
+    pool: pd.DataFrame,
+    n: int,
+    seed: int,
+    vectors: pd.Series | None,
+    labeled: np.ndarray | None,
+) -> list[dict]:
+    """TypiClust's n picks: typical images of the clusters labels cover least.
+
+    k-means (cosine) over the pool's and the labeled images' vectors into
+    (labeled + n) clusters; then n times: the cluster with the fewest labeled
+    or picked images (ties to the larger cluster, then the lower id; clusters
+    of fewer than `TYPICAL_MIN_CLUSTER` images only when no larger one has an
+    image left) gives its most typical unpicked pool image, typicality being
+    the inverse mean cosine distance to its `TYPICALITY_NEIGHBOURS` nearest
+    neighbours in the cluster.
+
+    Typical rather than doubtful images, because a weak model learns more from
+    what is common than from its edge cases (Hacohen et al., 2022: "Active
+    learning on a budget"). Pool images without a vector are never picked.
+
+    Args:
+        vectors: image_id -> embedding (1-D array) for pool images.
+        labeled: (M, D) embeddings of the images labeled so far (may be empty).
+    """
+    if n <= 0 or vectors is None:
+        return []
+    ids = [i for i in pool["image_id"] if i in vectors.index]
+    if not ids:
+        return []
+    own = np.stack([np.asarray(vectors[i], dtype=np.float64) for i in ids])
+    ref = (
+        np.empty((0, own.shape[1]))
+        if labeled is None or not len(labeled)
+        else np.asarray(labeled, dtype=np.float64)
+    )
+    if ref.shape[1] != own.shape[1]:
+        raise ValueError(
+            f"the labeled images' vectors are {ref.shape[1]}-d, the pool's "
+            f"{own.shape[1]}-d: not one embedding"
+        )
+    n = min(n, len(ids))
+    unit = np.concatenate([own, ref])
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    k = min(len(ref) + n, len(unit))
+    labels = kmeans(unit, k, seed=seed, metric="cosine").labels
+    pool_labels = labels[: len(ids)]
+    covered = np.bincount(labels[len(ids) :], minlength=k)
+    sizes = np.bincount(labels, minlength=k)
+    typicality = np.zeros(len(ids))
+    for c in np.unique(pool_labels):
+        rows = np.flatnonzero(labels == c)
+        mine = np.flatnonzero(pool_labels == c)
+        dist = 1.0 - unit[mine] @ unit[rows].T  # (pool in c, all in c)
+        m = min(TYPICALITY_NEIGHBOURS, len(rows) - 1)
+        if m < 1:  # a cluster of one: nothing to be typical of
+            continue
+        # The smallest m + 1 include the image itself (distance 0).
+        nearest = np.sort(dist, axis=1)[:, 1 : m + 1]
+        typicality[mine] = 1.0 / np.maximum(nearest.mean(1), 1e-12)
+    free = np.ones(len(ids), dtype=bool)
+    picks, details, scores = [], [], []
+    for _ in range(n):
+        open_ = np.unique(pool_labels[free])
+        c = min(
+            open_,
+            key=lambda c: (sizes[c] < TYPICAL_MIN_CLUSTER, covered[c], -sizes[c], c),
+        )
+        rows = np.flatnonzero(free & (pool_labels == c))
+        best = rows[np.lexsort((np.array(ids)[rows], -typicality[rows]))[0]]
+        free[best] = False
+        picks.append(ids[best])
+        details.append(
+            f"cluster {c} of {k}: {sizes[c]} images, {covered[c]} labeled or picked"
+        )
+        scores.append(float(typicality[best]))
+        covered[c] += 1
+    return _rows(pool, picks, "typical", details, scores)
 
 
 def _confident_last(
@@ -389,6 +487,8 @@ def select_for_labeling(
     clusters: pd.DataFrame | None = None,
     n_labeled: int,
     bug_seeds: pd.DataFrame | None = None,
+    vectors: pd.Series | None = None,
+    labeled_vectors: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The labeling queue: up to `config.budget` images, each with its reason.
 
@@ -404,6 +504,9 @@ def select_for_labeling(
             `config.cold_start_labeled`.
         bug_seeds: The open bugs' own images (bug_id, tag, image_id); hitl
             labels them before their candidates when `config.bug_seeds`.
+        vectors: image_id -> embedding of the pool's images, and
+        labeled_vectors: (M, D) embeddings of the labeled images: the
+            `typical` cold start's input (hitl only).
 
     Returns:
         `LABELING_QUEUE_COLUMNS`, rank 1 first; an image appears once.
@@ -438,7 +541,11 @@ def select_for_labeling(
             if clusters is not None and len(clusters)
             else None
         )
-        if config.cold(n_labeled):
+        if config.cold(n_labeled) and config.cold_start_pick == "typical":
+            add(_typical(pool, budget, config.seed, vectors, labeled_vectors))
+            # Pool images without a vector: the rest at random.
+            add(_random(pool, budget - len(rows), config.seed, taken))
+        elif config.cold(n_labeled):
             add(_representative(pool, budget, config.seed, cluster_of))
         else:
             total = config.bugs_share + config.confidence_share + config.random_share

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from edgeloop.acquisition import (
@@ -17,6 +18,7 @@ from edgeloop.acquisition import (
 from edgeloop.lake import Lake
 from edgeloop.novelty import join_novelty
 from edgeloop.review_tasks import current_bugs, live_bug_seeds
+from edgeloop.similarity import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,23 @@ def _bug_seeds(lake: Lake) -> pd.DataFrame:
     live = live_bug_seeds(current_bugs(lake.read("edge_cases")))
     rows = [(bug_id, tag, s) for bug_id, tag, seeds in live for s in seeds]
     return pd.DataFrame(rows, columns=["bug_id", "tag", "image_id"])
+
+
+def _vectors(
+    report: Mapping[str, Any],
+    similarity: Mapping[str, Any],
+    pool_ids: list[str],
+    labeled_ids: list[str],
+) -> tuple[pd.Series, np.ndarray]:
+    """The similarity context's stored embeddings of the pool and the labeled.
+
+    The `typical` cold start's input: the embeddings `embed_images` stored
+    (pool images and the labeled reference, one backbone and weights).
+    """
+    store = EmbeddingStore(similarity.get("store", "data/04_feature/embeddings"))
+    ids, vectors = store.load(report["backbone"], report["weights"], pool_ids)
+    _, labeled = store.load(report["backbone"], report["weights"], labeled_ids)
+    return pd.Series(list(vectors), index=ids, dtype=object), labeled
 
 
 def _counts(values: pd.Series) -> dict[str, int]:
@@ -38,7 +57,9 @@ def build_labeling_queue(
     knn: pd.DataFrame,
     clusters: pd.DataFrame,
     novelty: pd.DataFrame,
+    embedding_report: Mapping[str, Any],
     params: Mapping[str, Any],
+    similarity: Mapping[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Picks `acquisition.budget` unlabeled images with `acquisition.strategy`.
 
@@ -48,7 +69,8 @@ def build_labeling_queue(
     (unless a score names it); all three strategies run this same node.
     hitl's cold start counts the labeled images outside the test split;
     with `hitl.bug_seeds` the open bugs' own images (from the lake's
-    `edge_cases`) go before their candidates.
+    `edge_cases`) go before their candidates; the `typical` cold start reads
+    the pool's and the labeled images' embeddings from the similarity store.
     """
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
@@ -68,8 +90,24 @@ def build_labeling_queue(
         )
     top = clusters[clusters["level"] == 0] if len(clusters) else clusters
     seeds = _bug_seeds(lake) if config.strategy == "hitl" and config.bug_seeds else None
+    vectors = labeled_vectors = None
+    if config.cold(n_learnable) and config.cold_start_pick == "typical":
+        keep = learnable(images, labeled)
+        vectors, labeled_vectors = _vectors(
+            embedding_report,
+            similarity,
+            pool["image_id"].tolist(),
+            sorted(set(images.loc[keep, "image_id"])),
+        )
     queue = select_for_labeling(
-        pool, config, knn=knn, clusters=top, n_labeled=n_learnable, bug_seeds=seeds
+        pool,
+        config,
+        knn=knn,
+        clusters=top,
+        n_labeled=n_learnable,
+        bug_seeds=seeds,
+        vectors=vectors,
+        labeled_vectors=labeled_vectors,
     )
     summary = {
         "strategy": config.strategy,
