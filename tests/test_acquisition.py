@@ -289,6 +289,9 @@ def _unit(degrees: float) -> np.ndarray:
     return np.array([np.cos(rad), np.sin(rad)])
 
 
+TYPICAL = {"cold_start_labeled": 60, "cold_start_pick": "typical"}
+
+
 def test_hitl_typical_cold_start_takes_the_core_of_each_uncovered_cluster():
     # Three directions: A (0 deg, wide, labeled at -10 and +10), B (120 deg,
     # 7 images), C (240 deg, 5 images); each core image sits at the centre.
@@ -301,11 +304,7 @@ def test_hitl_typical_cold_start_takes_the_core_of_each_uncovered_cluster():
     pool = unlabeled_pool(preds, set())
     vectors = pd.Series({i: _unit(a) for i, a in angles.items()}, dtype=object)
     labeled = np.stack([_unit(-10), _unit(10)])
-    cfg = _cfg(
-        strategy="hitl",
-        budget=2,
-        hitl={"cold_start_labeled": 60, "cold_start_pick": "typical"},
-    )
+    cfg = _cfg(strategy="hitl", budget=2, hitl=TYPICAL)
     q = _select(pool, cfg, n_labeled=2, vectors=vectors, labeled_vectors=labeled)
     # 4 clusters (2 labeled + 2); B and C hold no label, B is larger: its
     # centre first, then C's.
@@ -323,7 +322,7 @@ def test_hitl_typical_cold_start_takes_the_core_of_each_uncovered_cluster():
     assert again["image_id"].tolist() == q["image_id"].tolist()
     three = _select(
         pool,
-        _cfg(strategy="hitl", budget=3, hitl=cfg_hitl(cfg)),
+        _cfg(strategy="hitl", budget=3, hitl=TYPICAL),
         n_labeled=0,
         vectors=vectors,
         labeled_vectors=np.empty((0, 2)),
@@ -334,7 +333,7 @@ def test_hitl_typical_cold_start_takes_the_core_of_each_uncovered_cluster():
     some = vectors.drop([i for i in angles if i.startswith("b")])
     part = _select(
         pool,
-        _cfg(strategy="hitl", budget=17, hitl=cfg_hitl(cfg)),
+        _cfg(strategy="hitl", budget=17, hitl=TYPICAL),
         n_labeled=2,
         vectors=some,
         labeled_vectors=labeled,
@@ -349,13 +348,6 @@ def test_hitl_typical_cold_start_takes_the_core_of_each_uncovered_cluster():
         _select(
             pool, cfg, n_labeled=2, vectors=vectors, labeled_vectors=np.ones((2, 3))
         )
-
-
-def cfg_hitl(cfg: AcquisitionConfig) -> dict:
-    return {
-        "cold_start_labeled": cfg.cold_start_labeled,
-        "cold_start_pick": cfg.cold_start_pick,
-    }
 
 
 def test_budget_larger_than_the_pool_takes_everything():

@@ -504,9 +504,10 @@ def select_for_labeling(
             `config.cold_start_labeled`.
         bug_seeds: The open bugs' own images (bug_id, tag, image_id); hitl
             labels them before their candidates when `config.bug_seeds`.
-        vectors: image_id -> embedding of the pool's images, and
-        labeled_vectors: (M, D) embeddings of the labeled images: the
-            `typical` cold start's input (hitl only).
+        vectors: image_id -> embedding of the pool's images; the `typical`
+            cold start's input (hitl only).
+        labeled_vectors: (M, D) embeddings of the labeled images, in the
+            same space; the `typical` cold start's input (hitl only).
 
     Returns:
         `LABELING_QUEUE_COLUMNS`, rank 1 first; an image appears once.

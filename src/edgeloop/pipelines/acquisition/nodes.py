@@ -99,6 +99,11 @@ def build_labeling_queue(
             pool["image_id"].tolist(),
             sorted(set(images.loc[keep, "image_id"])),
         )
+        if vectors.empty and len(pool):
+            log.warning(
+                "labeling queue: no stored embedding for the pool (run the "
+                "similarity context first), so the typical cold start picks at random"
+            )
     queue = select_for_labeling(
         pool,
         config,
