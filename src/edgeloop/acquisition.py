@@ -309,8 +309,8 @@ def _typical(
     """
     if n <= 0 or vectors is None:
         return []
-    ids = [i for i in pool["image_id"] if i in vectors.index]
-    if not ids:
+    ids = np.array([i for i in pool["image_id"] if i in vectors.index], dtype=object)
+    if not len(ids):
         return []
     own = np.stack([np.asarray(vectors[i], dtype=np.float64) for i in ids])
     ref = (
@@ -351,7 +351,7 @@ def _typical(
             key=lambda c: (sizes[c] < TYPICAL_MIN_CLUSTER, covered[c], -sizes[c], c),
         )
         rows = np.flatnonzero(free & (pool_labels == c))
-        best = rows[np.lexsort((np.array(ids)[rows], -typicality[rows]))[0]]
+        best = rows[np.lexsort((ids[rows], -typicality[rows]))[0]]
         free[best] = False
         picks.append(ids[best])
         details.append(

@@ -75,7 +75,8 @@ def build_labeling_queue(
     config = AcquisitionConfig.from_params(params)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
     images = lake.read("images", columns=["image_id", "split"])
-    n_learnable = images.loc[learnable(images, labeled), "image_id"].nunique()
+    learnable_ids = set(images.loc[learnable(images, labeled), "image_id"])
+    n_learnable = len(learnable_ids)
     preds = lake.read("predictions")
     pool = join_novelty(unlabeled_pool(preds, labeled), novelty)
     if (
@@ -92,12 +93,11 @@ def build_labeling_queue(
     seeds = _bug_seeds(lake) if config.strategy == "hitl" and config.bug_seeds else None
     vectors = labeled_vectors = None
     if config.cold(n_learnable) and config.cold_start_pick == "typical":
-        keep = learnable(images, labeled)
         vectors, labeled_vectors = _vectors(
             embedding_report,
             similarity,
             pool["image_id"].tolist(),
-            sorted(set(images.loc[keep, "image_id"])),
+            sorted(learnable_ids),
         )
         if vectors.empty and len(pool):
             log.warning(
