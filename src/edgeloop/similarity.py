@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +55,7 @@ __all__ = [
     "embedding_map",
     "make_embedder",
     "montage",
+    "stored_vectors",
 ]
 
 BACKBONES = ("resnet18", "resnet34")
@@ -434,6 +435,20 @@ class EmbeddingStore:
             keep = np.isin(ids, np.asarray(list(image_ids), dtype=object))
             ids, vectors = ids[keep], vectors[keep]
         return [str(i) for i in ids], np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def stored_vectors(
+    report: Mapping[str, Any], params: Mapping[str, Any], ids: Sequence[str]
+) -> tuple[list[str], np.ndarray]:
+    """(ids, vectors) of `ids` that `embed_images` stored (sorted by id).
+
+    Args:
+        report: The `embedding_report` (its backbone and weights name the
+            store's folder).
+        params: The `similarity` parameters (`store`: the store's root).
+    """
+    store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
+    return store.load(report["backbone"], report["weights"], ids)
 
 
 # -- pictures -------------------------------------------------------------------

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from edgeloop.acquisition import (
@@ -18,7 +17,7 @@ from edgeloop.acquisition import (
 from edgeloop.lake import Lake
 from edgeloop.novelty import join_novelty
 from edgeloop.review_tasks import current_bugs, live_bug_seeds
-from edgeloop.similarity import EmbeddingStore
+from edgeloop.similarity import stored_vectors
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +27,6 @@ def _bug_seeds(lake: Lake) -> pd.DataFrame:
     live = live_bug_seeds(current_bugs(lake.read("edge_cases")))
     rows = [(bug_id, tag, s) for bug_id, tag, seeds in live for s in seeds]
     return pd.DataFrame(rows, columns=["bug_id", "tag", "image_id"])
-
-
-def _vectors(
-    report: Mapping[str, Any],
-    similarity: Mapping[str, Any],
-    pool_ids: list[str],
-    labeled_ids: list[str],
-) -> tuple[pd.Series, np.ndarray]:
-    """The similarity context's stored embeddings of the pool and the labeled.
-
-    The `typical` cold start's input: the embeddings `embed_images` stored
-    (pool images and the labeled reference, one backbone and weights).
-    """
-    store = EmbeddingStore(similarity.get("store", "data/04_feature/embeddings"))
-    ids, vectors = store.load(report["backbone"], report["weights"], pool_ids)
-    _, labeled = store.load(report["backbone"], report["weights"], labeled_ids)
-    return pd.Series(list(vectors), index=ids, dtype=object), labeled
 
 
 def _counts(values: pd.Series) -> dict[str, int]:
@@ -93,11 +75,13 @@ def build_labeling_queue(
     seeds = _bug_seeds(lake) if config.strategy == "hitl" and config.bug_seeds else None
     vectors = labeled_vectors = None
     if config.cold(n_learnable) and config.cold_start_pick == "typical":
-        vectors, labeled_vectors = _vectors(
-            embedding_report,
-            similarity,
-            pool["image_id"].tolist(),
-            sorted(learnable_ids),
+        # The embeddings embed_images stored (the pool and the labeled).
+        ids, matrix = stored_vectors(
+            embedding_report, similarity, pool["image_id"].tolist()
+        )
+        vectors = pd.Series(list(matrix), index=ids, dtype=object)
+        _, labeled_vectors = stored_vectors(
+            embedding_report, similarity, sorted(learnable_ids)
         )
         if vectors.empty and len(pool):
             log.warning(

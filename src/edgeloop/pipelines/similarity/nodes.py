@@ -26,6 +26,7 @@ from edgeloop.similarity import (
     embedding_map,
     make_embedder,
     montage,
+    stored_vectors,
 )
 from edgeloop.vectorindex import (
     WEIGHTINGS,
@@ -153,8 +154,10 @@ def score_novelty(
     if preds.empty:
         return pd.DataFrame(columns=NOVELTY_COLUMNS)
     reference = _reference(lake)
-    ids, vectors = _load(report, params, preds["image_id"].tolist())
-    ref_ids, ref_vectors = _load(report, params, reference["image_id"].tolist())
+    ids, vectors = stored_vectors(report, params, preds["image_id"].tolist())
+    ref_ids, ref_vectors = stored_vectors(
+        report, params, reference["image_id"].tolist()
+    )
     if not ref_ids:
         log.warning(
             "novelty: no labelled images outside the test split to compare with; "
@@ -293,14 +296,6 @@ def _stored(
     return vectors[[row[k] for k in keys]]
 
 
-def _load(
-    report: Mapping[str, Any], params: Mapping[str, Any], ids: list[str]
-) -> tuple[list[str], np.ndarray]:
-    """The stored vectors of `ids` (the store also holds the labelled reference)."""
-    store = EmbeddingStore(params.get("store", "data/04_feature/embeddings"))
-    return store.load(report["backbone"], report["weights"], ids)
-
-
 def _thumbs(lake: Lake, blobs: pd.Series, ids: list[str]) -> list[np.ndarray]:
     return [decode_image(lake.get_blob(blobs[i])) for i in ids]
 
@@ -322,7 +317,9 @@ def cluster_images(
     drill = [int(c) for c in (settings.get("drill_path") or [])]
     seed = int(settings.get("seed", 0))
     # Prediction images only: the store also holds the labelled reference.
-    ids, vectors = _load(report, params, _predictions(lake)["image_id"].tolist())
+    ids, vectors = stored_vectors(
+        report, params, _predictions(lake)["image_id"].tolist()
+    )
     if not ids:
         raise ValueError("no embeddings to cluster: the lake has no predictions yet")
     k_eff = min(k, len(ids))
@@ -415,7 +412,7 @@ def find_similar(
     preds = _predictions(lake)
     labeled = set(lake.read("labels", columns=["image_id"])["image_id"])
     pool = unlabeled_pool(preds, labeled)
-    ids, vectors = _load(report, params, preds["image_id"].tolist())
+    ids, vectors = stored_vectors(report, params, preds["image_id"].tolist())
     bugs = current_bugs(lake.read("edge_cases"))
     queries = [("query", "query", query_ids)] if query_ids else live_bug_seeds(bugs)
     if not queries or not ids:
