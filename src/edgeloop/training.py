@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 POLICIES = ("early_stopping", "exponential_lr")
 CLASS_WEIGHTING = ("none", "median_frequency", "sqrt_median_frequency")
 INITS = ("warm", "pretrained", "scratch")
+FIRST_TRIALS = ("sampled", "defaults")
 
 
 def seed_everything(seed: int) -> None:
@@ -512,6 +513,11 @@ class SweepConfig:
     study_name: str = "edgeloop-iter-0"
     seed: int = 0
     pruner: str = "median"
+    # What each architecture's enqueued first trial holds besides the
+    # architecture: "sampled" (the sampler draws the rest, like any trial) or
+    # "defaults" (the base config's lr, weight_decay, batch_size, aug_strength
+    # and lr_gamma), so the configured defaults are always among the candidates.
+    first_trial: str = "sampled"
     lr: tuple[float, float] = (3e-4, 3e-3)
     weight_decay: tuple[float, float] = (1e-6, 1e-3)
     batch_size: tuple[int, ...] = (4, 8, 16)
@@ -531,13 +537,60 @@ class SweepConfig:
             raise ValueError(
                 f"training.pruner must be median or hyperband, got {self.pruner!r}"
             )
+        if self.first_trial not in FIRST_TRIALS:
+            raise ValueError(
+                f"training.first_trial must be one of {FIRST_TRIALS}, "
+                f"got {self.first_trial!r}"
+            )
+
+    def first_trials(self, base: FitConfig) -> list[dict[str, Any]]:
+        """The trials enqueued before the sampler's: one per architecture.
+
+        Raises:
+            ValueError: with ``first_trial: defaults``, a default outside the
+                search space (it would not be a point the sweep can reach).
+        """
+        if self.first_trial == "sampled":
+            return [{"architecture": arch} for arch in self.architectures]
+        defaults = {
+            "lr": base.lr,
+            "weight_decay": base.weight_decay,
+            "batch_size": base.batch_size,
+            "aug_strength": base.aug_strength,
+            "lr_gamma": base.lr_gamma,
+        }
+
+        def inside(key: str, value: Any) -> bool:
+            space = getattr(self, key)
+            if key == "batch_size":
+                return value in space
+            return space[0] <= value <= space[1]
+
+        outside = [
+            f"{key}={value} (space {list(getattr(self, key))})"
+            for key, value in defaults.items()
+            if not inside(key, value)
+        ]
+        if outside:
+            raise ValueError(
+                "training.first_trial: defaults needs every default inside "
+                f"training.space; outside: {', '.join(outside)}"
+            )
+        return [{"architecture": arch, **defaults} for arch in self.architectures]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> SweepConfig:
         space = params.get("space") or {}
         kwargs: dict[str, Any] = {
             k: params[k]
-            for k in ("n_trials", "storage", "study_name", "seed", "pruner")
+            for k in (
+                "n_trials",
+                "storage",
+                "study_name",
+                "seed",
+                "pruner",
+                "first_trial",
+            )
             if k in params
         }
         if "architectures" in params:
@@ -595,8 +648,9 @@ def run_sweep(
     """Runs (or resumes) the study until it holds `n_trials` finished trials.
 
     One trial per architecture is enqueued first, so every architecture is
-    tried. Several processes can share the study through the same storage: each
-    stops once the study has `n_trials` complete or pruned trials.
+    tried (at the base config's values with `first_trial: defaults`). Several
+    processes can share the study through the same storage: each stops once
+    the study has `n_trials` complete or pruned trials.
     """
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(
@@ -618,8 +672,8 @@ def run_sweep(
     key = data_key(data)
     if not study.trials:
         study.set_user_attr("data_key", key)
-        for arch in sweep.architectures:
-            study.enqueue_trial({"architecture": arch})
+        for params in sweep.first_trials(base):
+            study.enqueue_trial(params)
     elif study.user_attrs.get("data_key") != key:
         raise ValueError(
             f"study {sweep.study_name!r} in {sweep.storage} was run on other model "
