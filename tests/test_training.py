@@ -255,6 +255,47 @@ def test_sweep_needs_two_trials_per_architecture():
         SweepConfig(n_trials=5)
 
 
+def test_sweep_first_trials_hold_the_defaults_when_asked(tmp_path):
+    base = FitConfig(epochs=1, init="scratch", lr=0.002, aug_strength=0.25)
+    archs = ("unet_resnet18", "lraspp_mobilenet_v3_large")
+    assert SweepConfig(architectures=archs, n_trials=4).first_trials(base) == [
+        {"architecture": a} for a in archs
+    ]
+    defaults = {
+        "lr": 0.002,
+        "weight_decay": base.weight_decay,
+        "batch_size": 8,
+        "aug_strength": 0.25,
+        "lr_gamma": base.lr_gamma,
+    }
+    sweep = SweepConfig(
+        n_trials=2,
+        architectures=("unet_resnet18",),
+        storage=f"sqlite:///{tmp_path}/study.db",
+        study_name="t",
+        first_trial="defaults",
+    )
+    study = run_sweep(toy_input(n=16, size=32), base=base, sweep=sweep, progress=False)
+    assert study.trials[0].params == {"architecture": "unet_resnet18", **defaults}
+    assert study.trials[1].params != study.trials[0].params  # the sampler's own
+    assert (
+        SweepConfig.from_params(
+            {
+                "first_trial": "defaults",
+                "n_trials": 2,
+                "architectures": ["unet_resnet18"],
+            }
+        ).first_trial
+        == "defaults"
+    )
+    with pytest.raises(ValueError, match="first_trial must be one of"):
+        SweepConfig(first_trial="best")
+    with pytest.raises(ValueError, match=r"outside: lr=0.002 \(space \[0.01, 0.1\]\)"):
+        SweepConfig(first_trial="defaults", lr=(0.01, 0.1)).first_trials(base)
+    with pytest.raises(ValueError, match="batch_size=8"):
+        SweepConfig(first_trial="defaults", batch_size=(4, 16)).first_trials(base)
+
+
 @pytest.mark.slow
 def test_sweep_tries_every_architecture_and_resumes(tmp_path):
     data = toy_input(n=16, size=32)
