@@ -42,6 +42,8 @@ POLICIES = ("early_stopping", "exponential_lr")
 CLASS_WEIGHTING = ("none", "median_frequency", "sqrt_median_frequency")
 INITS = ("warm", "pretrained", "scratch")
 FIRST_TRIALS = ("sampled", "defaults")
+# The searched values besides the architecture (FitConfig and SweepConfig fields).
+SEARCHED = ("lr", "weight_decay", "batch_size", "aug_strength", "lr_gamma")
 
 
 def seed_everything(seed: int) -> None:
@@ -552,24 +554,15 @@ class SweepConfig:
         """
         if self.first_trial == "sampled":
             return [{"architecture": arch} for arch in self.architectures]
-        defaults = {
-            "lr": base.lr,
-            "weight_decay": base.weight_decay,
-            "batch_size": base.batch_size,
-            "aug_strength": base.aug_strength,
-            "lr_gamma": base.lr_gamma,
-        }
-
-        def inside(key: str, value: Any) -> bool:
-            space = getattr(self, key)
-            if key == "batch_size":
-                return value in space
-            return space[0] <= value <= space[1]
-
+        defaults = {key: getattr(base, key) for key in SEARCHED}
         outside = [
             f"{key}={value} (space {list(getattr(self, key))})"
             for key, value in defaults.items()
-            if not inside(key, value)
+            if not (
+                value in self.batch_size
+                if key == "batch_size"
+                else getattr(self, key)[0] <= value <= getattr(self, key)[1]
+            )
         ]
         if outside:
             raise ValueError(
@@ -595,7 +588,7 @@ class SweepConfig:
         }
         if "architectures" in params:
             kwargs["architectures"] = tuple(params["architectures"])
-        for key in ("lr", "weight_decay", "aug_strength", "lr_gamma", "batch_size"):
+        for key in SEARCHED:
             if key in space:
                 kwargs[key] = tuple(space[key])
         return cls(**kwargs)
