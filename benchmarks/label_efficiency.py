@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         simulate(plan, echo=lambda s: print(s, flush=True))
     minutes = (time.perf_counter() - t0) / 60
 
-    syn = params.get("synthetic") or {}
+    # --params may change the synthetic counts (the seed set): print what ran.
+    syn = deep_merge(params.get("synthetic") or {}, extra.get("synthetic") or {})
     training = {
         **params.get("training", {}),
         **sim.get("overrides", {}).get("training", {}),
