@@ -555,15 +555,13 @@ class SweepConfig:
         if self.first_trial == "sampled":
             return [{"architecture": arch} for arch in self.architectures]
         defaults = {key: getattr(base, key) for key in SEARCHED}
-        outside = [
-            f"{key}={value} (space {list(getattr(self, key))})"
-            for key, value in defaults.items()
+        outside = []
+        for key, value in defaults.items():
+            space = getattr(self, key)  # batch_size: choices; the rest: [low, high]
             if not (
-                value in self.batch_size
-                if key == "batch_size"
-                else getattr(self, key)[0] <= value <= getattr(self, key)[1]
-            )
-        ]
+                value in space if key == "batch_size" else space[0] <= value <= space[1]
+            ):
+                outside.append(f"{key}={value} (space {list(space)})")
         if outside:
             raise ValueError(
                 "training.first_trial: defaults needs every default inside "
