@@ -163,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # --params may change the synthetic counts (the seed set): print what ran.
     syn = deep_merge(params.get("synthetic") or {}, extra.get("synthetic") or {})
-    training = {
-        **params.get("training", {}),
-        **sim.get("overrides", {}).get("training", {}),
-        **extra.get("training", {}),
-    }
+    training = deep_merge(
+        deep_merge(
+            params.get("training") or {}, sim.get("overrides", {}).get("training") or {}
+        ),
+        extra.get("training") or {},
+    )
     records = [r for r in load_records(out) if r["seed"] in seeds]
     full = [
         r["slices"]["all"]["miou"]
