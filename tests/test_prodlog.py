@@ -122,6 +122,43 @@ def test_drains_while_appending_lose_no_line_and_break_no_write(tmp_path):
         spool.close()
 
 
+def test_two_drainers_at_once_consume_each_line_once(tmp_path):
+    # The server's flusher thread and an explicit flush() can drain at the
+    # same time. Before the fix both read the same closed segment, fed it
+    # twice, and the second unlink/read failed with FileNotFoundError (CI,
+    # test_feedback_is_validated_and_stored).
+    spool = Spool(tmp_path / "spool")
+    for i in range(20):
+        spool.append(json.dumps({"id": i}))
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    both_in = threading.Barrier(2)
+
+    def slow(lines: list[str]) -> None:
+        seen.extend(json.loads(x)["id"] for x in lines)
+        threading.Event().wait(0.2)  # the other drainer arrives meanwhile
+
+    def drainer() -> None:
+        both_in.wait()
+        try:
+            spool.drain(slow)
+        except BaseException as err:  # noqa: BLE001 - checked below
+            errors.append(err)
+
+    threads = [threading.Thread(target=drainer) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert sorted(seen) == list(range(20))
+    assert spool.depth() == 0
+    assert list((tmp_path / "spool").glob("seg-*.jsonl")) == [
+        spool._segment_path(spool._segment_no)
+    ]
+    spool.close()
+
+
 def test_spool_replays_after_a_crash_and_skips_a_torn_line(tmp_path):
     spool = Spool(tmp_path / "spool")
     for i in range(3):

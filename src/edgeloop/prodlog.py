@@ -308,6 +308,10 @@ class Spool:
         # writer thread writes outside `_cond`, and `rotate()` must not close
         # the file under it.
         self._io_lock = threading.Lock()
+        # One drain at a time: the server's flusher thread and an explicit
+        # `flush()` (tests, shutdown) may both drain; two drainers would feed
+        # one segment twice and race to delete it.
+        self._drain_lock = threading.Lock()
         self._queue: list[bytes] = []
         self._next_seq = 0
         self._done_seq = 0
@@ -391,29 +395,32 @@ class Spool:
         """Rotates, then feeds each closed segment's lines to `consume`.
 
         A segment is deleted after `consume` returns. A torn last line (a crash
-        mid-write: never acknowledged) is skipped. Returns the lines consumed.
+        mid-write: never acknowledged) is skipped. Concurrent calls run one
+        after the other, so each line is consumed once. Returns the lines
+        consumed.
         """
-        self.rotate()
-        total = 0
-        for path in self.closed_segments():
-            lines = []
-            for raw in path.read_bytes().split(b"\n"):
-                if not raw:
-                    continue
-                try:
-                    text = raw.decode()
-                    json.loads(text)
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    log.warning("spool %s: skipping a torn line", path.name)
-                    continue
-                lines.append(text)
-            if lines:
-                consume(lines)
-            n_lines = path.read_bytes().count(b"\n")
-            path.unlink()
-            with self._cond:
-                self._depth = max(0, self._depth - n_lines)
-            total += len(lines)
+        with self._drain_lock:
+            self.rotate()
+            total = 0
+            for path in self.closed_segments():
+                lines = []
+                for raw in path.read_bytes().split(b"\n"):
+                    if not raw:
+                        continue
+                    try:
+                        text = raw.decode()
+                        json.loads(text)
+                    except (UnicodeDecodeError, json.JSONDecodeError):
+                        log.warning("spool %s: skipping a torn line", path.name)
+                        continue
+                    lines.append(text)
+                if lines:
+                    consume(lines)
+                n_lines = path.read_bytes().count(b"\n")
+                path.unlink()
+                with self._cond:
+                    self._depth = max(0, self._depth - n_lines)
+                total += len(lines)
         return total
 
     def depth(self) -> int:
