@@ -335,7 +335,9 @@ def test_hot_reload_under_load_fails_no_request(tmp_path):
     stop, results = threading.Event(), []
     try:
         threads = _load(server.url, stop, results)
+        deadline = time.monotonic() + 60
         while sum(1 for s, _ in results if s == 200) < 10:
+            assert time.monotonic() < deadline, f"no 10 answers in 60 s: {results[:3]}"
             time.sleep(0.05)
         new = register_tiny_model(lake, iteration=1, seed=1)  # promote a new model
         deadline = time.monotonic() + 60
