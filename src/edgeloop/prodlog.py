@@ -403,8 +403,9 @@ class Spool:
             self.rotate()
             total = 0
             for path in self.closed_segments():
+                data = path.read_bytes()  # closed: nothing writes to it now
                 lines = []
-                for raw in path.read_bytes().split(b"\n"):
+                for raw in data.split(b"\n"):
                     if not raw:
                         continue
                     try:
@@ -416,7 +417,7 @@ class Spool:
                     lines.append(text)
                 if lines:
                     consume(lines)
-                n_lines = path.read_bytes().count(b"\n")
+                n_lines = data.count(b"\n")
                 path.unlink()
                 with self._cond:
                     self._depth = max(0, self._depth - n_lines)
