@@ -35,6 +35,7 @@ import json
 import os
 import sys
 import time
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -161,14 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         simulate(plan, echo=lambda s: print(s, flush=True))
     minutes = (time.perf_counter() - t0) / 60
 
-    # --params may change the synthetic counts (the seed set): print what ran.
-    syn = deep_merge(params.get("synthetic") or {}, extra.get("synthetic") or {})
-    training = deep_merge(
-        deep_merge(
-            params.get("training") or {}, sim.get("overrides", {}).get("training") or {}
-        ),
-        extra.get("training") or {},
-    )
+    def ran(section: str) -> dict:
+        # What the sessions ran with: conf, then simulation.overrides, then
+        # --params (which may change the seed set, synthetic.counts).
+        layers = (params, sim.get("overrides") or {}, extra)
+        return reduce(deep_merge, (layer.get(section) or {} for layer in layers))
+
+    syn, training = ran("synthetic"), ran("training")
     records = [r for r in load_records(out) if r["seed"] in seeds]
     full = [
         r["slices"]["all"]["miou"]
