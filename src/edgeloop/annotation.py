@@ -33,7 +33,7 @@ from edgeloop.labelstudio import (
     brush_results,
     check_image_url,
     check_names,
-    hex_colour,
+    class_brush,
     latest_annotation,
     load_export,
 )
@@ -81,19 +81,7 @@ def labeling_config(
     brushes (grey; e.g. `aeroplane?` and `segment?`) that pre-annotations use
     and the annotator must replace by a real class.
     """
-    names = check_names(class_names, name="class_names")
-    if not names:
-        raise ValueError("class_names is empty: the brush needs at least one class")
-    colours = list(palette)
-    if len(colours) != len(names):
-        raise ValueError(
-            f"palette must have one colour per class: {len(names)} classes, "
-            f"{len(colours)} colours"
-        )
-    generic = [g for g in check_names(generic_labels, name="generic_labels")]
-    clash = sorted(set(generic) & set(names))
-    if clash:
-        raise ValueError(f"generic labels {clash} clash with class names")
+    generic = check_names(generic_labels, name="generic_labels")
     view = ET.Element("View")
     ET.SubElement(
         view,
@@ -102,14 +90,10 @@ def labeling_config(
     )
     ET.SubElement(view, "Text", name="reason", value="$reason")
     ET.SubElement(view, "Image", name=IMAGE, value="$image", zoom="true")
-    brush = ET.SubElement(view, "BrushLabels", name=MASK, toName=IMAGE)
-    for i, (label, colour) in enumerate(zip(names, colours, strict=True)):
-        ET.SubElement(
-            brush,
-            "Label",
-            value=label,
-            background=hex_colour(colour, name=f"palette[{i}]"),
-        )
+    brush = class_brush(view, class_names, palette, name=MASK, to_name=IMAGE)
+    clash = sorted(set(generic) & set(class_names))
+    if clash:
+        raise ValueError(f"generic labels {clash} clash with class names")
     for label in generic:
         ET.SubElement(brush, "Label", value=label, background=_GENERIC_COLOUR)
     ET.indent(view)

@@ -1,7 +1,7 @@
 """Label Studio plumbing shared by the review and the annotation round trips.
 
 - Building blocks for tasks and labeling configs (`hex_colour`, `check_names`,
-  `short_id`, `brush_results`).
+  `class_brush`, `short_id`, `brush_results`).
 - Reading a JSON export safely: `load_export` checks the file's shape,
   `check_image_url` rejects URLs that could reach outside the allowed roots, and
   `latest_annotation` picks the annotation that counts.
@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,43 @@ def check_names(names: Sequence[str], *, name: str) -> list[str]:
     if dup:
         raise ValueError(f"{name} has duplicates: {dup}")
     return out
+
+
+def class_brush(
+    view: ET.Element,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int] | str],
+    *,
+    name: str,
+    to_name: str,
+) -> ET.Element:
+    """Appends a BrushLabels control with one label per class to `view`.
+
+    The labels are the class names in class-id order, each in its palette
+    colour. Returns the control, so callers can add labels of their own.
+
+    Raises:
+        ValueError: empty or duplicate names, a bad colour, or a palette that
+            does not have one colour per class.
+    """
+    names = check_names(class_names, name="class_names")
+    if not names:
+        raise ValueError("class_names is empty: the brush needs at least one class")
+    colours = list(palette)
+    if len(colours) != len(names):
+        raise ValueError(
+            f"palette must have one colour per class: {len(names)} classes, "
+            f"{len(colours)} colours"
+        )
+    brush = ET.SubElement(view, "BrushLabels", name=name, toName=to_name)
+    for i, (label, colour) in enumerate(zip(names, colours, strict=True)):
+        ET.SubElement(
+            brush,
+            "Label",
+            value=label,
+            background=hex_colour(colour, name=f"palette[{i}]"),
+        )
+    return brush
 
 
 def short_id(*parts: object) -> str:

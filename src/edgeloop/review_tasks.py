@@ -32,7 +32,7 @@ from edgeloop.labelstudio import (
     brush_results,
     check_image_url,
     check_names,
-    hex_colour,
+    class_brush,
     latest_annotation,
     load_export,
     utc,
@@ -123,15 +123,6 @@ def review_labeling_config(
     Raises:
         ValueError: empty or duplicate names, or palette/class count mismatch.
     """
-    names = check_names(class_names, name="class_names")
-    if not names:
-        raise ValueError("class_names is empty: the brush needs at least one class")
-    colours = list(palette)
-    if len(colours) != len(names):
-        raise ValueError(
-            f"palette must have one colour per class: {len(names)} classes, "
-            f"{len(colours)} colours"
-        )
     tags = check_names(condition_tags, name="condition_tags")
     if OTHER_TAG not in tags:
         tags.append(OTHER_TAG)
@@ -141,14 +132,7 @@ def review_labeling_config(
     ET.SubElement(view, "Text", name="reasons", value="$reasons")
     ET.SubElement(view, "Text", name="details", value="$details")
     ET.SubElement(view, "Image", name=IMAGE, value="$image", zoom="true")
-    brush = ET.SubElement(view, "BrushLabels", name=MASK, toName=IMAGE)
-    for i, (label, colour) in enumerate(zip(names, colours, strict=True)):
-        ET.SubElement(
-            brush,
-            "Label",
-            value=label,
-            background=hex_colour(colour, name=f"palette[{i}]"),
-        )
+    class_brush(view, class_names, palette, name=MASK, to_name=IMAGE)
     ET.SubElement(view, "Header", value="Verdict")
     verdict = ET.SubElement(
         view,
