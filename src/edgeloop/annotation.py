@@ -28,14 +28,14 @@ from edgeloop import lsrle
 from edgeloop.classmap import ClassMap
 from edgeloop.labelstudio import (
     ExportRejected,
-    annotation_time,
-    annotator_of,
+    TaskSetAside,
     brush_results,
     check_image_url,
     check_names,
     class_brush,
-    latest_annotation,
     load_export,
+    submitted_annotation,
+    task_rows,
 )
 from edgeloop.pseudo import PreLabel
 
@@ -224,63 +224,51 @@ def _label_row(
     sizes: Mapping[str, tuple[int, int]],
     unlabeled: int,
     max_pixels: int,
-) -> tuple[dict | None, str | None]:
+) -> dict:
+    """One label row for a task; `TaskSetAside` says why a task cannot give one."""
     data = task["data"]
     image_id = data.get("image_id")
     if not isinstance(image_id, str) or not image_id:
-        return None, "data.image_id is missing or empty"
+        raise TaskSetAside("data.image_id is missing or empty")
     if IMAGE not in data:
-        return None, "data.image is missing"
+        raise TaskSetAside("data.image is missing")
     if image_id not in sizes:
-        return None, f"image {image_id[:12]}… is not in the lake (missing image)"
-    ann = latest_annotation(task.get("annotations", []))
-    if ann is None:
-        return None, "no annotation (none submitted, or all cancelled)"
-    ann_id = ann.get("id")
-    if isinstance(ann_id, bool) or not isinstance(ann_id, int):
-        return None, f"annotation has no integer id: {ann_id!r}"
-    result = ann.get("result")
-    if not isinstance(result, list):
-        return None, f"annotation {ann_id}: result is not a list"
+        raise TaskSetAside(f"image {image_id[:12]}… is not in the lake (missing image)")
+    ann = submitted_annotation(task)
+    ann_id = ann.id
     h, w = sizes[image_id]
     regions = []
-    for item in _brush_items(result):
+    for item in _brush_items(ann.result):
         value = item["value"]
         labels = value.get("brushlabels")
         if not isinstance(labels, list) or len(labels) != 1:
-            return None, f"annotation {ann_id}: a region needs exactly one label"
+            raise TaskSetAside(f"annotation {ann_id}: a region needs exactly one label")
         label = labels[0]
         if label not in class_map.names:
             kind = "generic" if str(label).endswith("?") else "unknown"
-            return None, (
+            raise TaskSetAside(
                 f"annotation {ann_id}: {kind} label {label!r} "
                 f"(valid: {list(class_map.names)})"
             )
         if value.get("format", "rle") != "rle" or not isinstance(
             value.get("rle"), list
         ):
-            return None, f"annotation {ann_id}: region is not a brush RLE"
+            raise TaskSetAside(f"annotation {ann_id}: region is not a brush RLE")
         ow, oh = item.get("original_width"), item.get("original_height")
         if (ow, oh) != (w, h):
-            return None, (
+            raise TaskSetAside(
                 f"annotation {ann_id}: size mismatch, region is {ow}x{oh} but the "
                 f"image is {w}x{h}"
             )
         try:
             region = lsrle.decode(value["rle"], h, w, max_pixels=max_pixels)
         except lsrle.RleError as err:
-            return None, f"annotation {ann_id}: bad RLE: {err}"
+            raise TaskSetAside(f"annotation {ann_id}: bad RLE: {err}") from err
         regions.append((class_map.id_of(label), region))
     if not regions:
-        return None, f"annotation {ann_id}: no brush regions (empty mask)"
-    ts = annotation_time(ann)
-    if ts is None:
-        return None, f"annotation {ann_id}: missing or unreadable updated_at/created_at"
-    annotator = annotator_of(ann.get("completed_by"))
-    if annotator is None:
-        return None, f"annotation {ann_id}: completed_by is missing"
+        raise TaskSetAside(f"annotation {ann_id}: no brush regions (empty mask)")
     final = _overlay(regions, (h, w), unlabeled)
-    prediction = ann.get("prediction")
+    prediction = ann.raw.get("prediction")
     started, measured = "", {"iou": None, "changed_frac": None}
     if isinstance(prediction, dict):
         started = str(prediction.get("model_version") or "").split(":", 1)[0]
@@ -292,14 +280,14 @@ def _label_row(
         "task_id": int(task["id"]),
         "annotation_id": ann_id,
         "image_id": image_id,
-        "annotator": annotator,
-        "ts": ts,
+        "annotator": ann.by,
+        "ts": ann.ts,
         "started_from": started or None,
         "bug_ids": bug_ids,
         "mask": final,
         "pre_iou": measured["iou"],
         "pre_changed_frac": measured["changed_frac"],
-    }, None
+    }
 
 
 def prediction_mask(
@@ -395,23 +383,16 @@ def parse_annotation_export(
                 )
             check_image_url(image, prefixes, task_id=task["id"])
         _check_rle_headers(task, max_pixels)
-    rows, bad, seen = [], [], set()
-    for task in tasks:
-        if task["id"] in seen:
-            bad.append({"task_id": task["id"], "reason": "duplicate task id"})
-            continue
-        seen.add(task["id"])
-        row, reason = _label_row(
+    rows, bad = task_rows(
+        tasks,
+        lambda task: _label_row(
             task,
             class_map=class_map,
             sizes=sizes,
             unlabeled=fill,
             max_pixels=max_pixels,
-        )
-        if row is None:
-            bad.append({"task_id": task["id"], "reason": reason})
-        else:
-            rows.append(row)
+        ),
+    )
     labels = pd.DataFrame(rows, columns=LABEL_COLUMNS)
     labels["ts"] = pd.to_datetime(labels["ts"], utc=True)
     return labels, pd.DataFrame(bad, columns=["task_id", "reason"])

@@ -4,7 +4,8 @@
   `class_brush`, `short_id`, `brush_results`).
 - Reading a JSON export safely: `load_export` checks the file's shape,
   `check_image_url` rejects URLs that could reach outside the allowed roots, and
-  `latest_annotation` picks the annotation that counts.
+  `latest_annotation` picks the annotation that counts; `submitted_annotation`
+  checks it and `task_rows` sets aside the tasks that cannot be used.
 - `client`, `push_if_enabled` / `push_tasks` and `collect_exports` /
   `fetch_export`: an optional direct push of tasks, and pull of exports, through
   `label-studio-sdk`, with the URL and token from `conf/local/credentials.yml`.
@@ -19,7 +20,8 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -236,6 +238,73 @@ def latest_annotation(annotations: list) -> dict | None:
         )
 
     return max(done, key=key)
+
+
+class TaskSetAside(ValueError):
+    """One task of an export cannot be used; the message says why.
+
+    The task goes to the quarantine with that reason; the rest of the export
+    is still read.
+    """
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The annotation of a task that counts, with the fields every import needs."""
+
+    id: int
+    result: list
+    ts: pd.Timestamp
+    by: str
+    raw: dict
+
+
+def submitted_annotation(task: dict) -> Submitted:
+    """The task's annotation that counts (`latest_annotation`), checked.
+
+    Raises:
+        TaskSetAside: no submitted annotation, or one without an integer id, a
+            result list, a readable time or who completed it.
+    """
+    ann = latest_annotation(task.get("annotations", []))
+    if ann is None:
+        raise TaskSetAside("no annotation (none submitted, or all cancelled)")
+    ann_id = ann.get("id")
+    if isinstance(ann_id, bool) or not isinstance(ann_id, int):
+        raise TaskSetAside(f"annotation has no integer id: {ann_id!r}")
+    result = ann.get("result")
+    if not isinstance(result, list):
+        raise TaskSetAside(f"annotation {ann_id}: result is not a list")
+    ts = annotation_time(ann)
+    if ts is None:
+        raise TaskSetAside(
+            f"annotation {ann_id}: missing or unreadable updated_at/created_at"
+        )
+    by = annotator_of(ann.get("completed_by"))
+    if by is None:
+        raise TaskSetAside(f"annotation {ann_id}: completed_by is missing")
+    return Submitted(id=ann_id, result=result, ts=ts, by=by, raw=ann)
+
+
+def task_rows(
+    tasks: Sequence[dict], row_of: Callable[[dict], dict]
+) -> tuple[list[dict], list[dict]]:
+    """Each task's row, and the tasks set aside as `{task_id, reason}`.
+
+    A task is set aside when its id was seen before in the export, or when
+    `row_of` raises `TaskSetAside`.
+    """
+    rows, bad, seen = [], [], set()
+    for task in tasks:
+        if task["id"] in seen:
+            bad.append({"task_id": task["id"], "reason": "duplicate task id"})
+            continue
+        seen.add(task["id"])
+        try:
+            rows.append(row_of(task))
+        except TaskSetAside as err:
+            bad.append({"task_id": task["id"], "reason": str(err)})
+    return rows, bad
 
 
 def brush_results(

@@ -26,15 +26,15 @@ from edgeloop.checks import check_int
 from edgeloop.labelstudio import (
     MAX_TASKS,
     ExportRejected,
-    annotation_time,
-    annotator_of,
+    TaskSetAside,
     as_list,
     brush_results,
     check_image_url,
     check_names,
     class_brush,
-    latest_annotation,
     load_export,
+    submitted_annotation,
+    task_rows,
     utc,
 )
 from edgeloop.review import QUEUE_COLUMNS, REVIEW_VERDICTS
@@ -255,59 +255,45 @@ def _controls(result: list) -> dict[str, list[str]]:
     return out
 
 
-def _verdict_row(task: dict, vocabulary: set[str]) -> tuple[dict | None, str | None]:
-    """One verdict row for a task, or the reason it is quarantined."""
+def _verdict_row(task: dict, vocabulary: set[str]) -> dict:
+    """One verdict row for a task; `TaskSetAside` says why a task cannot give one."""
     data = task["data"]
     for key in ("request_id", "image_id"):
         value = data.get(key)
         if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
-            return None, f"data.{key} is missing or empty"
+            raise TaskSetAside(f"data.{key} is missing or empty")
     if IMAGE not in data:
-        return None, "data.image is missing"
-    ann = latest_annotation(task.get("annotations", []))
-    if ann is None:
-        return None, "no annotation (none submitted, or all cancelled)"
-    ann_id = ann.get("id")
-    if isinstance(ann_id, bool) or not isinstance(ann_id, int):
-        return None, f"annotation has no integer id: {ann_id!r}"
-    result = ann.get("result")
-    if not isinstance(result, list):
-        return None, f"annotation {ann_id}: result is not a list"
-    controls = _controls(result)
+        raise TaskSetAside("data.image is missing")
+    ann = submitted_annotation(task)
+    ann_id = ann.id
+    controls = _controls(ann.result)
     verdicts = controls.get(VERDICT, [])
     if not verdicts:
-        return None, f"annotation {ann_id}: no verdict chosen"
+        raise TaskSetAside(f"annotation {ann_id}: no verdict chosen")
     if len(verdicts) > 1:
-        return None, f"annotation {ann_id}: several verdicts {verdicts}"
+        raise TaskSetAside(f"annotation {ann_id}: several verdicts {verdicts}")
     if verdicts[0] not in REVIEW_VERDICTS:
-        return None, (
+        raise TaskSetAside(
             f"annotation {ann_id}: unknown verdict {verdicts[0]!r}; "
             f"valid: {list(REVIEW_VERDICTS)}"
         )
     tags = sorted(set(controls.get(CONDITION, [])))
     unknown = [t for t in tags if t not in vocabulary]
     if unknown:
-        return None, (
+        raise TaskSetAside(
             f"annotation {ann_id}: condition tag(s) {unknown} not in the vocabulary"
         )
-    ts = annotation_time(ann)
-    if ts is None:
-        return None, f"annotation {ann_id}: missing or unreadable updated_at/created_at"
-    reviewer = annotator_of(ann.get("completed_by"))
-    if reviewer is None:
-        return None, f"annotation {ann_id}: completed_by is missing"
     comment = "\n".join(t for t in controls.get(COMMENT, []) if t.strip()) or None
-    row = {
+    return {
         "verdict_id": f"ls-{task['id']}-{ann_id}",
         "request_id": str(data["request_id"]),
         "image_id": str(data["image_id"]),
         "verdict": verdicts[0],
         "tags": tags,
         "comment": comment,
-        "reviewer": reviewer,
-        "ts": ts,
+        "reviewer": ann.by,
+        "ts": ann.ts,
     }
-    return row, None
 
 
 def parse_review_export(
@@ -357,17 +343,7 @@ def parse_review_export(
             )
         check_image_url(image, prefixes, task_id=task["id"])
 
-    rows, bad, seen = [], [], set()
-    for task in tasks:
-        if task["id"] in seen:
-            bad.append({"task_id": task["id"], "reason": "duplicate task id"})
-            continue
-        seen.add(task["id"])
-        row, reason = _verdict_row(task, vocab)
-        if row is None:
-            bad.append({"task_id": task["id"], "reason": reason})
-        else:
-            rows.append(row)
+    rows, bad = task_rows(tasks, lambda task: _verdict_row(task, vocab))
     verdicts = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     verdicts["ts"] = pd.to_datetime(verdicts["ts"], utc=True)
     # pandas reads a missing comment as NaN; keep None for the lake's nulls.
