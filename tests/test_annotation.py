@@ -85,6 +85,15 @@ def test_good_tasks_land_and_bad_ones_are_quarantined_with_reasons():
     assert "missing image" in reasons[5]
 
 
+def test_a_task_id_seen_before_is_set_aside_and_the_first_kept():
+    first, again = _task(1, "a", _mask(0)), _task(1, "b", _mask(1))
+    labels, quarantine = _parse([first, again])
+    assert labels["image_id"].tolist() == ["a"]
+    assert quarantine.to_dict("records") == [
+        {"task_id": 1, "reason": "duplicate task id"}
+    ]
+
+
 @pytest.mark.parametrize(
     ("image", "message"),
     [

@@ -241,6 +241,14 @@ def test_export_round_trip_yields_the_verdicts():
         ([_annotation(1, tags=["rain"])], {}, r"\['rain'\] not in the vocabulary"),
         ([_annotation(1)], {"request_id": None}, "data.request_id"),
         ([_annotation(1)], {"image_id": ""}, "data.image_id"),
+        ([_annotation("1")], {}, "no integer id: '1'"),
+        ([_annotation(1, result="bug")], {}, "result is not a list"),
+        ([_annotation(1, completed_by=None)], {}, "completed_by is missing"),
+        (
+            [_annotation(1, updated_at="yesterday", created_at=None)],
+            {},
+            "missing or unreadable updated_at",
+        ),
     ],
 )
 def test_bad_tasks_are_quarantined_good_ones_pass(annotations, data_patch, reason):
@@ -252,6 +260,18 @@ def test_bad_tasks_are_quarantined_good_ones_pass(annotations, data_patch, reaso
     assert verdicts["verdict_id"].tolist() == ["ls-11-9"]
     assert quarantine["task_id"].tolist() == [12]
     assert quarantine["reason"].str.contains(reason).all(), quarantine["reason"][0]
+
+
+def test_a_task_id_seen_before_is_set_aside_and_the_first_kept():
+    export = _export([_annotation(9, "correct")], [_annotation(10, "bug")])
+    export[1]["id"] = export[0]["id"]
+    verdicts, quarantine = parse_review_export(
+        export, vocabulary=TAGS, allowed_url_prefixes=[PREFIX]
+    )
+    assert verdicts["verdict_id"].tolist() == ["ls-11-9"]
+    assert quarantine.to_dict("records") == [
+        {"task_id": 11, "reason": "duplicate task id"}
+    ]
 
 
 @pytest.mark.parametrize(
