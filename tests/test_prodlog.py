@@ -254,6 +254,31 @@ def test_prediction_log_round_trip_through_the_spool(lake: Lake, tmp_path):
     plog.spool.close()
 
 
+def test_a_png_query_is_stored_as_sent_and_others_as_decoded(lake: Lake):
+    from edgeloop.imaging import encode_png
+
+    rng = np.random.default_rng(1)
+    base = _event(0, rng)
+    fields = {
+        k: getattr(base, k)
+        for k in ("ts", "model_version", "iteration", "mask", "scores", "latency_ms")
+    }
+    png = encode_png(base.image)
+    as_png = PredictionEvent.of_query(png, base.image, request_id="png", **fields)
+    as_jpeg = PredictionEvent.of_query(
+        b"\xff\xd8\xff\xe0jpeg", base.image, request_id="jpeg", **fields
+    )
+    assert as_png.image is None and as_png.image_png == png
+    assert as_jpeg.image_png is None and as_jpeg.image is base.image
+    plog = PredictionLog(lake, NAMES)
+    plog.record(as_png)
+    plog.record(as_jpeg)
+    plog.close()
+    table = lake.read("predictions").set_index("request_id")
+    assert lake.get_blob(table.at["png", "image_blob"]) == png  # not re-encoded
+    assert table.at["png", "image_blob"] == table.at["jpeg", "image_blob"]
+
+
 def test_most_doubtful_reads_one_hour(lake: Lake):
     rows = []
     for i in range(300):

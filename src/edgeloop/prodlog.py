@@ -77,6 +77,18 @@ class PredictionEvent:
     client: str | None = None
     image_png: bytes | None = None
 
+    @classmethod
+    def of_query(cls, data: bytes, image: np.ndarray, **fields: Any) -> PredictionEvent:
+        """The event of a query that arrived as `data` and decoded to `image`.
+
+        PNG bytes are kept as they came (`image_png`); any other format keeps
+        the decoded array. The server and the batch pipeline both log this way.
+        """
+        png = data.startswith(PNG_SIGNATURE)
+        return cls(
+            image=None if png else image, image_png=data if png else None, **fields
+        )
+
     def __post_init__(self) -> None:
         if self.image is None and self.image_png is None:
             raise ValueError("a prediction event needs the image or its PNG bytes")

@@ -34,7 +34,6 @@ from edgeloop.imaging import ImageDecodeError, decode_image, encode_png, image_s
 from edgeloop.lake import Lake, LakeError
 from edgeloop.predictor import Predictor
 from edgeloop.prodlog import (
-    PNG_SIGNATURE,
     LakeWriter,
     PredictionEvent,
     PredictionLog,
@@ -490,13 +489,13 @@ def create_app(config: ServeConfig) -> FastAPI:
         latency_ms = (time.perf_counter() - start) * 1000
         if service.predictions is not None:
             service.predictions.record(
-                PredictionEvent(
+                PredictionEvent.of_query(
+                    data,
+                    image,
                     request_id=request_id,
                     ts=datetime.now(UTC),
                     model_version=loaded.version,
                     iteration=loaded.iteration,
-                    image=None if data.startswith(PNG_SIGNATURE) else image,
-                    image_png=data if data.startswith(PNG_SIGNATURE) else None,
                     mask=pred.mask,
                     scores=pred.scores,
                     latency_ms=latency_ms,

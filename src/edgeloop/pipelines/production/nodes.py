@@ -14,7 +14,7 @@ import pandas as pd
 
 from edgeloop.imaging import ImageDecodeError, decode_image, sha256
 from edgeloop.lake import Lake
-from edgeloop.prodlog import PNG_SIGNATURE, PredictionEvent, PredictionLog
+from edgeloop.prodlog import PredictionEvent, PredictionLog
 from edgeloop.progress import tqdm
 from edgeloop.registry import load_model, promoted_row
 
@@ -103,14 +103,14 @@ def score_images(
         per_image_ms = (time.perf_counter() - t0) * 1000 / len(images)
         for (_path, ts, data), image, pred in zip(kept, images, preds, strict=True):
             plog.record(
-                PredictionEvent(
+                PredictionEvent.of_query(
+                    data,
+                    image,
                     request_id="batch-"
                     + sha256(f"{version}:{sha256(data)}".encode())[:32],
                     ts=ts or now,
                     model_version=version,
                     iteration=int(row["iteration"]),
-                    image=None if data.startswith(PNG_SIGNATURE) else image,
-                    image_png=data if data.startswith(PNG_SIGNATURE) else None,
                     mask=pred.mask,
                     scores=pred.scores,
                     latency_ms=per_image_ms,
